@@ -1,0 +1,241 @@
+"""The Python API: ``train``, ``load`` (a predictor) and ``evaluate``.
+
+The CLI is a thin layer over these functions, so a downstream application gets exactly what
+the command line does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+
+from .config import TrainConfig, load_config
+from .data import read_file
+from .modeling import (
+    MANIFEST,
+    Manifest,
+    count_parameters,
+    encoder_from_config,
+    load_encoder,
+    load_tokenizer,
+    load_weights,
+    package_versions,
+    read_manifest,
+    save_model_dir,
+)
+from .registry import get_task_class
+from .report import write_evaluation
+from .task import Task, TaskSettings
+from .trainer import Trainer, prepare_features, stream_outputs
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class OutputDirError(ValueError):
+    """The output directory would overwrite an earlier model."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    global_step: int
+    train_runtime_s: float
+    train_tokens: int
+    train_padded_tokens: int
+    best_metric: float | None
+
+
+def task_settings(config: dict[str, Any]) -> TaskSettings:
+    return TaskSettings(
+        text_column=config.get("text_column", "text"),
+        text_pair_column=config.get("text_pair_column", "text_pair"),
+        label_column=config.get("label_column", "label"),
+        max_length=config.get("max_length", 128),
+        options=dict(config.get("task_options") or {}),
+    )
+
+
+def predict_raw(
+    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, batch_size: int,
+    features: Dataset | None = None, losses: list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions for every raw example, streamed through the task's postprocessing."""
+    if features is None:
+        features = prepare_features(task, raw, "predict")
+    return task.postprocess(raw, features, stream_outputs(accelerator, model, features, task, batch_size, losses))
+
+
+def evaluate_raw(
+    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, features: Dataset, batch_size: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    losses: list[float] = []
+    predictions = predict_raw(accelerator, model, task, raw, batch_size, features, losses)
+    metrics = task.compute_metrics(predictions, raw)
+    if losses:
+        metrics["loss"] = float(sum(losses) / len(losses))
+    return metrics, predictions
+
+
+def _check_output_dir(config: TrainConfig) -> None:
+    out = Path(config.output_dir)
+    if (out / MANIFEST).exists() and not config.overwrite:
+        raise OutputDirError(
+            f"output_dir: {out} already holds a trained model; choose another directory or pass "
+            f"--overwrite (overwrite=true)"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output_dir: {out} exists and is not a directory")
+
+
+def train(config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None, **settings: Any) -> TrainResult:
+    """Fine-tune an encoder.
+
+    ``train(task=..., model=..., train_file=..., output_dir=..., epochs=...)``, or
+    ``train("card.yaml", ["epochs=2"])``: the same settings as ``finetune-kit train``.
+    """
+    if isinstance(config, TrainConfig):
+        config = config.replace(**settings) if settings else config
+    else:
+        config = load_config(config, overrides, **settings)
+    return run_training(config)
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    from rich.console import Console
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+    )
+    console = Console(stderr=True, quiet=not accelerator.is_main_process)
+    _check_output_dir(config)
+
+    # Everything that can fail on bad input happens before anything is written.
+    from .data import load_splits
+
+    task = get_task_class(config.task)(task_settings(config.to_dict()))
+    raw, sources = load_splits(config)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    task.setup(raw, tokenizer, sources)
+    features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
+
+    set_seed(config.seed)
+    encoder = load_encoder(config.model, config.trust_remote_code)
+    model = task.build_model(encoder)
+    trainable, total = count_parameters(model)
+    console.print(f"[bold]{config.task}[/] on {config.model}: {trainable:,} trainable of {total:,} parameters; "
+                  f"{len(raw['train']):,} training examples")
+
+    output_dir = Path(config.output_dir)
+    manifest = Manifest(task=config.task, task_state=task.state(), config=config.to_dict(),
+                        base_model=config.model, versions=package_versions())
+
+    def save_best(unwrapped: Any) -> None:
+        save_model_dir(output_dir, unwrapped, tokenizer, encoder.config, manifest)
+
+    evaluate_validation = None
+    if "validation" in raw:
+        def evaluate_validation(current: Any) -> dict[str, Any]:
+            metrics, _ = evaluate_raw(accelerator, current, task, raw["validation"], features["validation"],
+                                      config.eval_batch_size)
+            return metrics
+
+    trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
+                      output_dir / "train_log.jsonl")
+    state = trainer.train()
+
+    # Final figures come from the weights as saved, so they are what load() will reproduce.
+    accelerator.wait_for_everyone()
+    load_weights(accelerator.unwrap_model(trainer.model), output_dir)
+    metrics: dict[str, dict[str, Any]] = {}
+    for split in ("validation", "test"):
+        if split in raw:
+            metrics[split], _ = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
+                                             config.eval_batch_size)
+    if accelerator.is_main_process:
+        header = {"task": config.task, "base_model": config.model, "model_directory": str(output_dir),
+                  **{f"{split}_data": src for split, src in sources.items()},
+                  "optimizer_steps": state.global_step, "best_step": state.best_step,
+                  "metric_for_best": trainer.metric}
+        write_evaluation(output_dir, task, metrics, header)
+        for split, split_metrics in metrics.items():
+            console.print(task.write_report(split_metrics, split))
+    accelerator.wait_for_everyone()
+    return TrainResult(output_dir=output_dir, metrics=metrics, global_step=state.global_step,
+                       train_runtime_s=state.train_runtime_s, train_tokens=state.train_tokens,
+                       train_padded_tokens=state.train_padded_tokens, best_metric=state.best_metric)
+
+
+class Predictor:
+    """A trained model loaded from its directory, ready to predict and evaluate."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = read_manifest(self.model_dir)
+        config = dict(self.manifest.config)
+        config.update({k: v for k, v in column_overrides.items() if v is not None})
+        self.config = config
+        self.batch_size = batch_size
+        self.task: Task = get_task_class(self.manifest.task)(task_settings(config))
+        trust = bool(config.get("trust_remote_code", False))
+        self.tokenizer = load_tokenizer(str(self.model_dir), trust)
+        self.task.load_state(self.manifest.task_state, self.tokenizer)
+        self.model = self.task.build_model(encoder_from_config(self.model_dir, trust))
+        load_weights(self.model, self.model_dir)
+        self.accelerator = Accelerator()
+        self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
+        self.model.eval()
+
+    @property
+    def labels(self) -> list[str] | None:
+        return getattr(self.task, "labels", None)
+
+    def predict(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        """Predict for Python inputs: strings, (text, text_pair) pairs or dicts of columns."""
+        rows = self.task.to_examples(inputs)
+        if not rows:
+            return []
+        return self.predict_dataset(Dataset.from_list(rows))
+
+    def predict_dataset(self, raw: Dataset, source: str = "input") -> list[dict[str, Any]]:
+        self.task.validate(raw, "predict", source)
+        return predict_raw(self.accelerator, self.model, self.task, raw, self.batch_size)
+
+    def predict_file(self, path: str | Path, file_format: str = "auto") -> list[dict[str, Any]]:
+        return self.predict_dataset(read_file(path, file_format), str(path))
+
+    def evaluate_dataset(self, raw: Dataset, source: str) -> dict[str, Any]:
+        self.task.validate(raw, "test", source)
+        features = prepare_features(self.task, raw, "test")
+        metrics, _ = evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
+        return metrics
+
+
+def load(model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> Predictor:
+    """Load a model directory written by ``train``."""
+    return Predictor(model_dir, batch_size=batch_size, **column_overrides)
+
+
+def evaluate(
+    model_dir: str | Path, data: str | Path, output: str | Path | None = None, file_format: str = "auto",
+    batch_size: int = 64, **column_overrides: str | None,
+) -> dict[str, Any]:
+    """Evaluate a saved model on a labelled file; writes metrics.json and report.md to ``output``
+    (default: ``MODEL_DIR/evaluation/<file name>``) and returns the metrics."""
+    predictor = load(model_dir, batch_size=batch_size, **column_overrides)
+    raw = read_file(data, file_format)
+    metrics = predictor.evaluate_dataset(raw, str(data))
+    out = Path(output) if output else Path(model_dir) / "evaluation" / Path(data).stem
+    header = {"task": predictor.manifest.task, "model_directory": str(model_dir), "data": str(data)}
+    write_evaluation(out, predictor.task, {Path(data).stem: metrics}, header)
+    return metrics

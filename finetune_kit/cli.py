@@ -1,0 +1,211 @@
+"""The ``finetune-kit`` command line: train, evaluate, predict, tasks, demo.
+
+Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Fine-tune pretrained encoders (BERT-style) for NLP tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .api import OutputDirError
+    from .config import ConfigError
+    from .hub import HubUnreachableError
+    from .modeling import ModelDirError
+    from .task import DataError, TaskError
+
+    return (ConfigError, DataError, TaskError, HubUnreachableError, ModelDirError, OutputDirError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; a user error becomes a one-line message and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def train(
+    args: Optional[list[str]] = typer.Argument(
+        None, help="Optional CONFIG.yaml with the settings, then key=value overrides (e.g. epochs=2)."),
+    task: Optional[str] = typer.Option(None, help="Task name; `finetune-kit tasks` lists them."),
+    model: Optional[str] = typer.Option(None, help="Pretrained encoder: local directory or Hub id."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (.csv, .tsv, .jsonl)."),
+    validation_file: Optional[str] = typer.Option(None, "--validation", help="Validation file."),
+    test_file: Optional[str] = typer.Option(None, "--test", help="Test file, evaluated at the end."),
+    output_dir: Optional[str] = typer.Option(None, "--output", help="Directory for the model, metrics and report."),
+    dataset: Optional[str] = typer.Option(None, help="Hub dataset name instead of files (needs a network)."),
+    dataset_config: Optional[str] = typer.Option(None, help="Hub dataset configuration."),
+    file_format: Optional[str] = typer.Option(None, help="auto (by extension), csv, tsv or jsonl."),
+    text_column: Optional[str] = typer.Option(None, help="Text column [default: text]."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Second text column of pair tasks [default: text_pair]."),
+    label_column: Optional[str] = typer.Option(None, help="Label column [default: label]."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
+    epochs: Optional[float] = typer.Option(None, help="Training epochs [default: 3]."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size per process [default: 32]."),
+    eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size [default: 64]."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate [default: 5e-5]."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0]."),
+    warmup_ratio: Optional[float] = typer.Option(None, help="Share of steps for linear warm-up [default: 0]."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Batches per optimizer step [default: 1]."),
+    max_grad_norm: Optional[float] = typer.Option(None, help="Gradient clipping norm [default: 1.0]."),
+    max_length: Optional[int] = typer.Option(None, help="Longest input in tokens [default: 128]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [default: 42]."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no, fp16 or bf16 [default: no]."),
+    eval_steps: Optional[int] = typer.Option(None, help="Also evaluate every N optimizer steps."),
+    metric_for_best: Optional[str] = typer.Option(None, help="Metric that picks the best checkpoint."),
+    early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after N evaluations without improvement."),
+    group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
+                                                   help="Batch examples of similar length [default: on]."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a model already in --output."),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code",
+                                                     help="Run model code from the Hub repository."),
+    task_option: Optional[list[str]] = typer.Option(None, "--task-option", "-o",
+                                                    help="Task-specific option key=value (repeatable)."),
+) -> None:
+    """Fine-tune an encoder: from options, or from a YAML file plus key=value overrides."""
+    from .api import train as run_train
+    from .config import ConfigError, apply_overrides
+
+    args = list(args or [])
+    config_path = None
+    if args and not ("=" in args[0]) and args[0].endswith((".yaml", ".yml")):
+        config_path = args.pop(0)
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        _fail(f"unexpected argument '{bad[0]}'; give CONFIG.yaml first, then key=value overrides")
+    task_options: dict[str, Any] = {}
+    if task_option:
+        try:
+            task_options = apply_overrides({}, [f"task_options.{item}" for item in task_option])["task_options"]
+        except ConfigError as exc:
+            _fail(str(exc))
+    settings = {k: v for k, v in {
+        "task": task, "model": model, "train_file": train_file, "validation_file": validation_file,
+        "test_file": test_file, "output_dir": output_dir, "dataset": dataset, "dataset_config": dataset_config,
+        "file_format": file_format, "text_column": text_column, "text_pair_column": text_pair_column,
+        "label_column": label_column, "max_train_samples": max_train_samples, "epochs": epochs,
+        "max_steps": max_steps, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+        "learning_rate": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
+        "gradient_accumulation_steps": gradient_accumulation_steps, "max_grad_norm": max_grad_norm,
+        "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
+        "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
+        "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
+        "task_options": task_options or None,
+    }.items() if v is not None}
+    _quiet_libraries()
+    result = _run(run_train, config_path, args, **settings)
+    typer.echo(f"Model, metrics.json and report.md written to {result.output_dir}")
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
+    data: Path = typer.Option(..., "--data", help="Labelled file to evaluate on (.csv, .tsv, .jsonl)."),
+    output: Optional[Path] = typer.Option(None, help="Report directory [default: MODEL_DIR/evaluation/<file name>]."),
+    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv or jsonl."),
+    batch_size: int = typer.Option(64, help="Evaluation batch size."),
+    text_column: Optional[str] = typer.Option(None, help="Text column [default: the one used in training]."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Second text column [default: as in training]."),
+    label_column: Optional[str] = typer.Option(None, help="Label column [default: as in training]."),
+) -> None:
+    """Evaluate a trained model on a labelled file; writes metrics.json and report.md."""
+    from .api import evaluate as run_evaluate
+
+    _quiet_libraries()
+    out = output or model_dir / "evaluation" / data.stem
+    _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size,
+         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"metrics.json and report.md written to {out}")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
+    input_file: Path = typer.Option(..., "--input", help="File to predict for (.csv, .tsv, .jsonl); labels are ignored."),
+    output: Path = typer.Option(..., "--output", help="JSON Lines output, one line per input, in input order."),
+    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv or jsonl."),
+    batch_size: int = typer.Option(64, help="Prediction batch size."),
+    text_column: Optional[str] = typer.Option(None, help="Text column [default: the one used in training]."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Second text column [default: as in training]."),
+) -> None:
+    """Predict with a trained model; writes one JSON line per input (the label and its score)."""
+    from .api import load
+    from .modeling import atomic_write_text
+
+    _quiet_libraries()
+    predictor = _run(load, model_dir, batch_size=batch_size, text_column=text_column,
+                     text_pair_column=text_pair_column)
+    predictions = _run(predictor.predict_file, input_file, file_format)
+    atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    typer.echo(f"{len(predictions)} predictions written to {output}")
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the registered tasks, built-in and from third-party plugins."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import available_tasks, get_task_class, task_origin
+
+    table = Table("task", "provided by", "description")
+    for name in available_tasks():
+        try:
+            description = getattr(get_task_class(name), "description", "")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+            description = f"(cannot be loaded: {exc})"
+        table.add_row(name, task_origin(name), description)
+    Console(width=160).print(table)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("finetune-kit-demo"), help="Where the demo model and report go."),
+    epochs: float = typer.Option(3.0, help="Training epochs."),
+    model: Optional[str] = typer.Option(None, help="Encoder [default: the packaged all-MiniLM-L6-v2]."),
+) -> None:
+    """Fine-tune the packaged encoder on the bundled support-ticket data, offline, in minutes."""
+    from .demo import run_demo
+
+    _quiet_libraries()
+    _run(run_demo, output, epochs=epochs, model=model)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

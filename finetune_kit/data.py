@@ -1,0 +1,176 @@
+"""Readers: CSV, TSV, JSON Lines and hub datasets into ``datasets.Dataset``.
+
+Files are parsed with the standard library so that every problem is reported with the file and
+the line it is on; each row keeps its line number in the ``_line`` column for later errors
+(an unknown label, say). TSV files are read without quote processing, as GLUE files need.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+from .hub import require_hub
+from .task import DataError
+
+LINE_COLUMN = "_line"
+FORMATS = ("csv", "tsv", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def detect_format(path: Path, file_format: str = "auto") -> str:
+    if file_format != "auto":
+        return file_format
+    fmt = _EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: cannot tell the format from the extension '{path.suffix}'; "
+            f"use .csv, .tsv or .jsonl, or set file_format"
+        )
+    return fmt
+
+
+def read_file(path: str | Path, file_format: str = "auto", limit: int | None = None) -> Dataset:
+    """Read one data file; ``limit`` keeps only the first rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    fmt = detect_format(path, file_format)
+    reader = _read_jsonl if fmt == "jsonl" else _read_delimited
+    rows = reader(path, fmt, limit)
+    if not rows:
+        raise DataError(f"{path}: no examples in the file")
+    return Dataset.from_list(rows)
+
+
+def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    rows: list[dict[str, Any]] = []
+    with _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=fmt == "csv")
+        try:
+            header = next(reader, None)
+            if header is None:
+                return []
+            header = [h.strip() for h in header]
+            _check_header(path, header)
+            line = reader.line_num + 1
+            for record in reader:
+                if not record or all(not cell.strip() for cell in record):
+                    line = reader.line_num + 1
+                    continue
+                if len(record) != len(header):
+                    raise DataError(
+                        f"{path} line {line}: expected {len(header)} fields "
+                        f"({', '.join(header)}), found {len(record)}"
+                    )
+                row: dict[str, Any] = dict(zip(header, record))
+                row[LINE_COLUMN] = line
+                rows.append(row)
+                line = reader.line_num + 1
+                if limit is not None and len(rows) >= limit:
+                    break
+        except csv.Error as exc:
+            raise DataError(f"{path} line {reader.line_num}: malformed {fmt.upper()} ({exc})") from None
+    return rows
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    if any(not h for h in header):
+        raise DataError(f"{path} line 1: the header has an empty column name")
+    seen = set()
+    for h in header:
+        if h in seen:
+            raise DataError(f"{path} line 1: the header names column '{h}' twice")
+        seen.add(h)
+
+
+def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with _open_text(path) as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, found {type(row).__name__}")
+            row[LINE_COLUMN] = number
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def _open_text(path: Path):
+    try:
+        return path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def load_hub_split(name: str, config: str | None, split: str, trust_remote_code: bool = False) -> Dataset:
+    """One split of a hub dataset (needs a network; fails at once with a clear error without)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, download_mode="reuse_cache_if_exists")
+    except Exception:  # noqa: BLE001 - fall through to the reachability check for a clear message
+        require_hub("dataset", name, "use local files (--train/--validation) instead")
+        raise
+    if len(ds) == 0:
+        raise DataError(f"{name} ({split}): no examples in the split")
+    return ds.add_column(LINE_COLUMN, list(range(1, len(ds) + 1)))
+
+
+def load_splits(config: Any) -> tuple[DatasetDict, dict[str, str]]:
+    """The train/validation/test splits a config names, and where each came from."""
+    splits: dict[str, Dataset] = {}
+    sources: dict[str, str] = {}
+    if config.dataset:
+        import os
+
+        os.environ.setdefault("HF_DATASETS_TRUST_REMOTE_CODE", "1" if config.trust_remote_code else "0")
+        wanted = {"train": config.train_split, "validation": config.validation_split, "test": config.test_split}
+        for split, name in wanted.items():
+            if name:
+                ds = load_hub_split(config.dataset, config.dataset_config, name)
+                if split == "train" and config.max_train_samples:
+                    ds = ds.select(range(min(config.max_train_samples, len(ds))))
+                splits[split] = ds
+                sources[split] = f"{config.dataset}[{name}]"
+    for split, path in (("train", config.train_file), ("validation", config.validation_file), ("test", config.test_file)):
+        if path:
+            limit = config.max_train_samples if split == "train" else None
+            splits[split] = read_file(path, config.file_format, limit)
+            sources[split] = str(path)
+    return DatasetDict(splits), sources
+
+
+def require_columns(ds: Dataset, columns: Iterable[str], source: str, option_hint: dict[str, str]) -> None:
+    """Error naming the file, the missing column and the columns that are there."""
+    present = [c for c in ds.column_names if c != LINE_COLUMN]
+    for column in columns:
+        if column not in present:
+            hint = option_hint.get(column, "")
+            raise DataError(
+                f"{source}: column '{column}' not found; the columns are {', '.join(present)}"
+                + (f" (set {hint})" if hint else "")
+            )
+
+
+def where(source: str, row: dict[str, Any]) -> str:
+    """'file line N' for a row read by these readers."""
+    line = row.get(LINE_COLUMN)
+    return f"{source} line {line}" if line is not None else source

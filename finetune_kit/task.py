@@ -1,0 +1,104 @@
+"""The Task contract: everything task-specific lives behind it; the loop knows nothing else.
+
+A task plugin is a class registered under the ``finetune_kit.tasks`` entry-point group. The
+training loop, the saver and the predictor only ever call the methods below, so a third-party
+plugin has exactly the same powers as a built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from torch import nn
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the problem in one line."""
+
+
+class TaskError(ValueError):
+    """A task that cannot be set up with the settings given (wrong option, missing column...)."""
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a task is told about the run: column names, length limit and its own options."""
+
+    # Column holding the (first) text.
+    text_column: str = "text"
+    # Column holding the second text of a pair (pair tasks only).
+    text_pair_column: str = "text_pair"
+    # Column holding the gold label (ignored when predicting).
+    label_column: str = "label"
+    # Longest tokenized input, in subword tokens, special tokens included.
+    max_length: int = 128
+    # Task-specific options (``task_options`` in the config, ``-o key=value`` on the CLI).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# One batch of model outputs for postprocessing: the indices of the features in the
+# preprocessed dataset, and the model's non-loss outputs for them as numpy arrays.
+OutputBatch = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a task plugin provides. See ``finetune_kit_tasks.text_classification`` for an example."""
+
+    name: ClassVar[str]  # registry key, e.g. "text-classification"
+    description: ClassVar[str]  # one line, shown by ``finetune-kit tasks``
+    required_columns: ClassVar[tuple[str, ...]]  # TaskSettings fields naming needed columns
+    head_modules: ClassVar[tuple[str, ...]]  # module names kept trainable and saved under LoRA
+    default_metric: ClassVar[str]  # metric that picks the best checkpoint
+    greater_is_better: ClassVar[bool]
+
+    settings: TaskSettings
+
+    def __init__(self, settings: TaskSettings) -> None: ...
+
+    def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
+        """Build label maps from the training split and validate every split.
+
+        ``sources`` maps a split name to the file (or hub name) it came from, for errors.
+        """
+
+    def validate(self, raw: Dataset, split: str, source: str) -> None:
+        """Check one split against the task (columns, known labels); raise ``DataError``."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state (label maps...) saved with the model."""
+
+    def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        """Restore what ``state`` returned, instead of ``setup``, when loading a saved model."""
+
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        """Wrap the encoder with the task head; ``forward(**batch)`` returns an output with
+        ``.loss`` (when labels are in the batch) and the tensors ``postprocess`` reads."""
+
+    def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Batched ``datasets.map`` function from raw columns to features.
+
+        Every feature carries ``example_index`` (its row in the raw split) and ``input_ids``;
+        ``split`` is "train", "validation", "test" or "predict" (no labels needed there).
+        """
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad a list of features into a batch of tensors (dynamic padding)."""
+
+    def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        """Turn Python-API inputs (strings, pairs, dicts) into raw rows with the task's columns."""
+
+    def postprocess(
+        self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]
+    ) -> list[dict[str, Any]]:
+        """Turn streamed model outputs into one prediction per raw example, in raw order."""
+
+    def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        """Metrics of the predictions against the gold labels in ``raw``."""
+
+    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+        """Markdown report of one split's metrics."""

@@ -1,0 +1,227 @@
+"""``text-classification``: one text, one label out of any number of classes.
+
+The encoder's first ([CLS]) vector goes through dropout into a linear layer; cross-entropy.
+Task option ``pooling``: ``cls`` (default) or ``mean`` (the mask-weighted mean of the token
+vectors, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained with).
+Labels may be strings or integers in the files; the label set is taken from the training
+split (integers sorted numerically, strings alphabetically) and saved with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+from transformers import DataCollatorWithPadding
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from finetune_kit.data import LINE_COLUMN, require_columns, where
+from finetune_kit.metrics import classification_metrics
+from finetune_kit.report import confusion_table, markdown_table, per_label_table
+from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
+
+
+def label_name(value: Any) -> str:
+    """The canonical string form of a label read from CSV (text) or JSON (int, str, bool)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def sort_labels(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder + dropout + linear head on the first token's vector."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "cls") -> None:
+        super().__init__()
+        config = encoder.config
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(getattr(config, "hidden_dropout_prob", None) or getattr(config, "dropout", 0.1))
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:
+        hidden = self.encoder(**inputs).last_hidden_state
+        if self.pooling == "mean":
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, 0]
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class TextClassificationTask:
+    name: ClassVar[str] = "text-classification"
+    description: ClassVar[str] = "Single-text classification ([CLS] vector -> linear head), e.g. sentiment, topic, intent"
+    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
+    head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
+    default_metric: ClassVar[str] = "accuracy"
+    greater_is_better: ClassVar[bool] = True
+
+    def __init__(self, settings: TaskSettings) -> None:
+        unknown = set(settings.options) - self.known_options()
+        if unknown:
+            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
+                            f"(known: {', '.join(sorted(self.known_options())) or 'none'})")
+        self.settings = settings
+        self.labels: list[str] = []
+        self.label_to_id: dict[str, int] = {}
+        self.tokenizer: Any = None
+        self._collator: DataCollatorWithPadding | None = None
+
+    @classmethod
+    def known_options(cls) -> set[str]:
+        return {"pooling"}
+
+    @property
+    def pooling(self) -> str:
+        pooling = self.settings.options.get("pooling", "cls")
+        if pooling not in ("cls", "mean"):
+            raise TaskError(f"task_options.pooling: {pooling!r} is not allowed; choose cls or mean")
+        return pooling
+
+    # -- columns -----------------------------------------------------------------------------
+    def text_columns(self) -> list[str]:
+        return [self.settings.text_column]
+
+    def _column_hints(self) -> dict[str, str]:
+        return {
+            self.settings.text_column: "--text-column",
+            self.settings.text_pair_column: "--text-pair-column",
+            self.settings.label_column: "--label-column",
+        }
+
+    # -- setup and validation ------------------------------------------------------------------
+    def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
+        if "train" not in raw:
+            raise TaskError("no training split given")
+        self.validate_columns(raw["train"], "train", sources["train"])
+        self.set_labels(sort_labels(label_name(v) for v in raw["train"][self.settings.label_column]))
+        self._set_tokenizer(tokenizer)
+        for split, ds in raw.items():
+            self.validate(ds, split, sources[split])
+
+    def validate_columns(self, raw: Dataset, split: str, source: str) -> None:
+        needed = self.text_columns() + ([] if split == "predict" else [self.settings.label_column])
+        require_columns(raw, needed, source, self._column_hints())
+
+    def validate(self, raw: Dataset, split: str, source: str) -> None:
+        if len(raw) == 0:
+            raise DataError(f"{source}: no examples")
+        self.validate_columns(raw, split, source)
+        columns = self.text_columns() + ([] if split == "predict" else [self.settings.label_column])
+        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        for column in columns:
+            for line, value in zip(lines, raw[column]):
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is empty")
+                if column != self.settings.label_column and not isinstance(value, str):
+                    raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is not text "
+                                    f"({type(value).__name__})")
+        if split != "predict" and self.labels:
+            for line, value in zip(lines, raw[self.settings.label_column]):
+                if label_name(value) not in self.label_to_id:
+                    raise DataError(
+                        f"{where(source, {LINE_COLUMN: line})}: label '{label_name(value)}' was never seen in "
+                        f"training (training labels: {', '.join(self.labels)})"
+                    )
+
+    def set_labels(self, labels: list[str]) -> None:
+        if len(labels) < 2:
+            raise TaskError(f"the training data has {len(labels)} label(s) ({', '.join(labels)}); "
+                            f"classification needs at least 2")
+        self.labels = labels
+        self.label_to_id = {label: i for i, label in enumerate(labels)}
+
+    def _set_tokenizer(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._collator = DataCollatorWithPadding(tokenizer)
+        # Padding lists that are already token ids is what we want; the hint about calling the
+        # tokenizer directly does not apply.
+        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        self.set_labels(list(state["labels"]))
+        self._set_tokenizer(tokenizer)
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        return SequenceClassifier(encoder, len(self.labels), self.pooling)
+
+    # -- features ----------------------------------------------------------------------------
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        return self.tokenizer(batch[self.settings.text_column], truncation=True, max_length=self.settings.max_length)
+
+    def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        encoded = self.tokenize(batch)
+        out = {k: encoded[k] for k in MODEL_INPUTS if k in encoded}
+        out["example_index"] = batch["_index"]
+        if split != "predict":
+            out["labels"] = [self.label_to_id[label_name(v)] for v in batch[self.settings.label_column]]
+        return out
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        assert self._collator is not None, "setup() or load_state() first"
+        items = [{k: f[k] for k in (*MODEL_INPUTS, "labels") if k in f} for f in features]
+        return dict(self._collator(items))
+
+    def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        rows = []
+        for item in inputs:
+            if isinstance(item, str):
+                rows.append({self.settings.text_column: item})
+            elif isinstance(item, dict):
+                rows.append(dict(item))
+            else:
+                raise TaskError(f"{self.name} predicts from strings or dicts, not {type(item).__name__}")
+        return rows
+
+    # -- outputs -----------------------------------------------------------------------------
+    def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
+        example_of = np.asarray(features["example_index"])
+        probabilities = np.zeros((len(raw), len(self.labels)), dtype=np.float32)
+        for indices, arrays in outputs:
+            logits = arrays["logits"]
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities[example_of[indices]] = shifted / shifted.sum(axis=1, keepdims=True)
+        best = probabilities.argmax(axis=1)
+        return [{"label": self.labels[b], "score": float(probabilities[i, b])} for i, b in enumerate(best)]
+
+    def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        gold = [label_name(v) for v in raw[self.settings.label_column]]
+        return classification_metrics(gold, [p["label"] for p in predictions], self.labels)
+
+    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+        headline = [[k, metrics[k]] for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")
+                    if k in metrics]
+        return "\n\n".join([
+            f"## {title}",
+            markdown_table(["metric", "value"], headline),
+            "### Per label",
+            per_label_table(metrics["per_label"]),
+            "### Confusion matrix (rows: gold, columns: predicted)",
+            confusion_table(metrics["confusion_matrix"]),
+        ])

