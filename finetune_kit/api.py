@@ -65,6 +65,11 @@ def task_settings(config: dict[str, Any]) -> TaskSettings:
     )
 
 
+def uses_pooler(task: Task) -> bool:
+    """Tasks read token vectors; one that wants the encoder's pooler says so (``uses_pooler``)."""
+    return bool(getattr(task, "uses_pooler", False))
+
+
 def predict_raw(
     accelerator: Accelerator, model: Any, task: Task, raw: Dataset, batch_size: int,
     features: Dataset | None = None, losses: list[float] | None = None,
@@ -130,7 +135,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
 
     set_seed(config.seed)
-    encoder = load_encoder(config.model, config.trust_remote_code)
+    encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=uses_pooler(task))
     model = task.build_model(encoder)
     trainable, total = count_parameters(model)
     console.print(f"[bold]{config.task}[/] on {config.model}: {trainable:,} trainable of {total:,} parameters; "
@@ -190,7 +195,8 @@ class Predictor:
         trust = bool(config.get("trust_remote_code", False))
         self.tokenizer = load_tokenizer(str(self.model_dir), trust)
         self.task.load_state(self.manifest.task_state, self.tokenizer)
-        self.model = self.task.build_model(encoder_from_config(self.model_dir, trust))
+        encoder = encoder_from_config(self.model_dir, trust, keep_pooler=uses_pooler(self.task))
+        self.model = self.task.build_model(encoder)
         load_weights(self.model, self.model_dir)
         self.accelerator = Accelerator()
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)

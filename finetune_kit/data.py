@@ -96,6 +96,7 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    kinds: dict[str, tuple[str, int]] = {}
     with _open_text(path) as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -106,11 +107,38 @@ def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]
                 raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {number}: expected a JSON object, found {type(row).__name__}")
+            _check_value_kinds(path, number, row, kinds)
             row[LINE_COLUMN] = number
             rows.append(row)
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _check_value_kinds(path: Path, line: int, row: dict[str, Any], kinds: dict[str, tuple[str, int]]) -> None:
+    """A JSON Lines column must hold one kind of value (Arrow needs it; mixing is a data error)."""
+    for column, value in row.items():
+        kind = _kind(value)
+        if kind is None:
+            continue
+        first = kinds.setdefault(column, (kind, line))
+        if first[0] != kind:
+            raise DataError(
+                f"{path} line {line}: column '{column}' holds {kind}, but line {first[1]} holds {first[0]}; "
+                f"a column must hold one kind of value"
+            )
 
 
 def _open_text(path: Path):
@@ -120,15 +148,27 @@ def _open_text(path: Path):
         raise DataError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
-def load_hub_split(name: str, config: str | None, split: str, trust_remote_code: bool = False) -> Dataset:
-    """One split of a hub dataset (needs a network; fails at once with a clear error without)."""
+def load_hub_split(name: str, config: str | None, split: str) -> Dataset:
+    """One split of a hub dataset: from the local cache, else from the Hub when it answers.
+
+    Without a network the error comes at once and says so, instead of minutes of retries.
+    """
     import datasets
 
-    try:
-        ds = datasets.load_dataset(name, config, split=split, download_mode="reuse_cache_if_exists")
-    except Exception:  # noqa: BLE001 - fall through to the reachability check for a clear message
-        require_hub("dataset", name, "use local files (--train/--validation) instead")
-        raise
+    from .hub import hub_reachable
+
+    if not hub_reachable():
+        previous = datasets.config.HF_HUB_OFFLINE
+        datasets.config.HF_HUB_OFFLINE = True  # the cache only
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception:  # noqa: BLE001 - not cached: say why it cannot be fetched
+            require_hub("dataset", name, "use local files (--train/--validation/--test) instead")
+            raise
+        finally:
+            datasets.config.HF_HUB_OFFLINE = previous
+    else:
+        ds = datasets.load_dataset(name, config, split=split)
     if len(ds) == 0:
         raise DataError(f"{name} ({split}): no examples in the split")
     return ds.add_column(LINE_COLUMN, list(range(1, len(ds) + 1)))
@@ -139,9 +179,6 @@ def load_splits(config: Any) -> tuple[DatasetDict, dict[str, str]]:
     splits: dict[str, Dataset] = {}
     sources: dict[str, str] = {}
     if config.dataset:
-        import os
-
-        os.environ.setdefault("HF_DATASETS_TRUST_REMOTE_CODE", "1" if config.trust_remote_code else "0")
         wanted = {"train": config.train_split, "validation": config.validation_split, "test": config.test_split}
         for split, name in wanted.items():
             if name:

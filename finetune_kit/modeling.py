@@ -89,16 +89,17 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def load_encoder(name: str, trust_remote_code: bool = False) -> nn.Module:
-    """A pretrained encoder (the base model, no task head)."""
+def load_encoder(name: str, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
+    """A pretrained encoder (the base model, no task head); its pooler only if asked for."""
     encoder = _from_pretrained(AutoModel, name, "model", trust_remote_code=trust_remote_code)
-    return _drop_pooler(encoder)
+    return encoder if keep_pooler else _drop_pooler(encoder)
 
 
-def encoder_from_config(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:
+def encoder_from_config(model_dir: Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
     """An encoder with the saved architecture and no pretrained weights (they come next)."""
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return _drop_pooler(AutoModel.from_config(config, trust_remote_code=trust_remote_code))
+    encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return encoder if keep_pooler else _drop_pooler(encoder)
 
 
 def package_versions() -> dict[str, str]:
@@ -191,8 +192,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
 
-
-def set_torch_threads() -> None:
-    """Respect OMP_NUM_THREADS; otherwise torch's default (one thread per core) stands."""
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))

@@ -57,6 +57,7 @@ class Task(Protocol):
     greater_is_better: ClassVar[bool]
 
     settings: TaskSettings
+    # Optional attribute ``uses_pooler``: True keeps the encoder's pooler layer (default: dropped).
 
     def __init__(self, settings: TaskSettings) -> None: ...
 

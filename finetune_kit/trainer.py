@@ -79,9 +79,10 @@ def stream_outputs(
 ) -> Iterator[OutputBatch]:
     """Run the model over ``features`` and yield (feature indices, numpy outputs) per batch.
 
-    Batches are sorted by length within chunks; across processes the outputs are gathered
-    with ``gather_for_metrics`` and any feature already seen (the padding duplicates of an
-    uneven last batch) is dropped, so each feature is yielded exactly once.
+    Batches are sorted by length within chunks. Across processes, every batch is padded to a
+    common shape (indices padded with -1), gathered, and each feature is kept exactly once by
+    its index: the duplicates Accelerate adds to even out the last batches are dropped, and no
+    real feature is, whatever the batch sizes.
     """
     loader = DataLoader(
         features,
@@ -96,21 +97,43 @@ def stream_outputs(
             inputs, indices = split_model_inputs(batch)
             output = model(**inputs)
             tensors = _output_tensors(output)
-            if accelerator.num_processes > 1:
-                tensors = {k: accelerator.pad_across_processes(v, dim=1) if v.dim() > 1 else v
-                           for k, v in tensors.items()}
-            gathered_indices = accelerator.gather_for_metrics(indices).cpu().numpy()
-            gathered = {k: accelerator.gather_for_metrics(v).float().cpu().numpy() for k, v in tensors.items()}
             if losses is not None and getattr(output, "loss", None) is not None:
                 count = torch.tensor(float(len(indices)), device=accelerator.device)
                 weighted = accelerator.gather(output.loss.detach().float() * count).sum()
                 losses.append(float(weighted) / max(1.0, float(accelerator.gather(count).sum())))
-            fresh = ~seen[gathered_indices]
-            seen[gathered_indices] = True
-            if fresh.all():
-                yield gathered_indices, gathered
-            elif fresh.any():
-                yield gathered_indices[fresh], {k: v[fresh] for k, v in gathered.items()}
+            if accelerator.num_processes > 1:
+                indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
+                tensors = {k: _pad_all_dims(accelerator, v) for k, v in tensors.items()}
+                indices = accelerator.gather(indices)
+                tensors = {k: accelerator.gather(v) for k, v in tensors.items()}
+            index_array = indices.cpu().numpy()
+            keep = index_array >= 0
+            keep[keep] = ~seen[index_array[keep]]
+            if not keep.any():
+                continue
+            seen[index_array[keep]] = True
+            arrays = {k: v.float().cpu().numpy()[keep] for k, v in tensors.items()}
+            yield index_array[keep], arrays
+
+
+def _pad_all_dims(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    for dim in range(tensor.dim()):
+        tensor = accelerator.pad_across_processes(tensor, dim=dim)
+    return tensor
+
+
+def make_adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has a fused kernel for the device.
+
+    On a CPU the fused step is several times faster than the default multi-tensor one; with an
+    encoder's large embedding matrix that is a sizeable share of each training step.
+    """
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 @dataclass
@@ -184,7 +207,7 @@ class Trainer:
             self.total_steps = config.max_steps
         else:
             self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
-        optimizer = torch.optim.AdamW(self._parameter_groups(model), lr=config.learning_rate)
+        optimizer = make_adamw(self._parameter_groups(model), config.learning_rate, accelerator.device)
         # Under Accelerate the scheduler steps once per process, so it counts whole-data steps.
         scheduler = get_linear_schedule_with_warmup(
             optimizer,

@@ -1,8 +1,10 @@
 """``text-classification``: one text, one label out of any number of classes.
 
 The encoder's first ([CLS]) vector goes through dropout into a linear layer; cross-entropy.
-Task option ``pooling``: ``cls`` (default) or ``mean`` (the mask-weighted mean of the token
-vectors, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained with).
+Task option ``pooling``: ``cls`` (default), ``mean`` (the mask-weighted mean of the token
+vectors, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained with), or
+``pooler`` (the [CLS] vector through the encoder's pretrained dense+tanh pooler, as BERT's own
+classifier and transformers' ``...ForSequenceClassification`` do).
 Labels may be strings or integers in the files; the label set is taken from the training
 split (integers sorted numerically, strings alphabetically) and saved with the model.
 """
@@ -63,6 +65,8 @@ class SequenceClassifier(nn.Module):
         if self.pooling == "mean":
             mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif self.pooling == "pooler":
+            pooled = self.encoder.pooler(hidden)
         else:
             pooled = hidden[:, 0]
         logits = self.classifier(self.dropout(pooled))
@@ -84,6 +88,7 @@ class TextClassificationTask:
             raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
                             f"(known: {', '.join(sorted(self.known_options())) or 'none'})")
         self.settings = settings
+        self.pooling  # validates the option now, before any data is read
         self.labels: list[str] = []
         self.label_to_id: dict[str, int] = {}
         self.tokenizer: Any = None
@@ -96,9 +101,13 @@ class TextClassificationTask:
     @property
     def pooling(self) -> str:
         pooling = self.settings.options.get("pooling", "cls")
-        if pooling not in ("cls", "mean"):
-            raise TaskError(f"task_options.pooling: {pooling!r} is not allowed; choose cls or mean")
+        if pooling not in ("cls", "mean", "pooler"):
+            raise TaskError(f"task_options.pooling: {pooling!r} is not allowed; choose cls, mean or pooler")
         return pooling
+
+    @property
+    def uses_pooler(self) -> bool:
+        return self.pooling == "pooler"
 
     # -- columns -----------------------------------------------------------------------------
     def text_columns(self) -> list[str]:
@@ -169,6 +178,9 @@ class TextClassificationTask:
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
+        if self.uses_pooler and getattr(encoder, "pooler", None) is None:
+            raise TaskError(f"task_options.pooling: 'pooler' needs an encoder with a pooler layer; "
+                            f"{type(encoder).__name__} has none (use cls or mean)")
         return SequenceClassifier(encoder, len(self.labels), self.pooling)
 
     # -- features ----------------------------------------------------------------------------

