@@ -33,7 +33,7 @@ from .modeling import (
 from .registry import get_task_class
 from .report import write_evaluation
 from .task import Task, TaskSettings
-from .trainer import Trainer, prepare_features, stream_outputs
+from .trainer import Trainer, new_accelerator, prepare_features, stream_outputs
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -118,7 +118,7 @@ def train(config: TrainConfig | str | Path | None = None, overrides: list[str] |
 def run_training(config: TrainConfig) -> TrainResult:
     from rich.console import Console
 
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
     )
@@ -198,7 +198,7 @@ class Predictor:
         encoder = encoder_from_config(self.model_dir, trust, keep_pooler=uses_pooler(self.task))
         self.model = self.task.build_model(encoder)
         load_weights(self.model, self.model_dir)
-        self.accelerator = Accelerator()
+        self.accelerator = new_accelerator()
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
         self.model.eval()
 

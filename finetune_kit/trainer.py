@@ -32,6 +32,20 @@ FEATURE_INDEX = "_feature_index"
 EXAMPLE_INDEX = "_index"
 
 
+def new_accelerator(**kwargs: Any) -> Accelerator:
+    """An Accelerator with these settings, even when an earlier run in this process used others.
+
+    Accelerate keeps its settings in a process-wide singleton, so a second ``train()`` with
+    another ``mixed_precision`` (a notebook, a sweep) would fail; the per-run part of that state
+    is cleared first. The distributed part (process group, ranks) is kept.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
     """Run the task's preprocessing over a raw split (the raw row index passed as ``_index``)."""
 
