@@ -50,12 +50,12 @@ P_LOWERCASE = 0.05
 # --------------------------------------------------------------------------- #
 
 PRODUCTS = [
-    "wireless headphones", "standing desk", "coffee grinder", "yoga mat",
+    "pair of wireless headphones", "standing desk", "coffee grinder", "yoga mat",
     "phone case", "smart watch", "desk lamp", "hiking backpack", "blender",
     "mechanical keyboard", "water bottle", "air fryer", "monitor stand",
-    "running shoes", "bluetooth speaker", "office chair", "electric kettle",
+    "pair of running shoes", "bluetooth speaker", "office chair", "electric kettle",
     "rain jacket", "camping tent", "baby monitor", "robot vacuum",
-    "set of kitchen knives", "gaming mouse", "winter boots",
+    "set of kitchen knives", "gaming mouse", "pair of winter boots",
 ]
 PLANS = [
     "Basic plan", "Pro plan", "Family plan", "Premium subscription",

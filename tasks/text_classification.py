@@ -88,7 +88,7 @@ class TextClassificationTask:
             raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
                             f"(known: {', '.join(sorted(self.known_options())) or 'none'})")
         self.settings = settings
-        self.pooling  # validates the option now, before any data is read
+        self._check_pooling()  # a bad option fails now, before any data is read
         self.labels: list[str] = []
         self.label_to_id: dict[str, int] = {}
         self.tokenizer: Any = None
@@ -100,10 +100,11 @@ class TextClassificationTask:
 
     @property
     def pooling(self) -> str:
-        pooling = self.settings.options.get("pooling", "cls")
-        if pooling not in ("cls", "mean", "pooler"):
-            raise TaskError(f"task_options.pooling: {pooling!r} is not allowed; choose cls, mean or pooler")
-        return pooling
+        return self.settings.options.get("pooling", "cls")
+
+    def _check_pooling(self) -> None:
+        if self.pooling not in ("cls", "mean", "pooler"):
+            raise TaskError(f"task_options.pooling: {self.pooling!r} is not allowed; choose cls, mean or pooler")
 
     @property
     def uses_pooler(self) -> bool:

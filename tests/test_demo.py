@@ -45,3 +45,14 @@ def test_demo_with_the_packaged_encoder_learns(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.85
+
+
+def test_generator_reproduces_the_shipped_files(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "make_demo_data.py"
+    subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path)], check=True, capture_output=True)
+    for split in ("train", "validation", "test"):
+        assert (tmp_path / f"{split}.csv").read_bytes() == (DEMO_DATA / f"{split}.csv").read_bytes()
