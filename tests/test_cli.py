@@ -37,6 +37,8 @@ def test_help_is_complete(command):
                 "tasks": [], "demo": ["--output", "--epochs", "--model"]}[command]
     for option in expected:
         assert option in result.output, option
+    if command == "train":  # defaults are shown, not swallowed as markup
+        assert "(default: text)" in result.output and "(default: 5e-5)" in result.output
 
 
 def test_train_predict_evaluate_round_trip(tiny_encoder, sentiment_files, tmp_path: Path):
