@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from datasets import Dataset
 
 from .config import TrainConfig, load_config
-from .data import read_file
+from .data import load_splits, read_file
 from .modeling import (
     MANIFEST,
     Manifest,
@@ -126,8 +126,6 @@ def run_training(config: TrainConfig) -> TrainResult:
     _check_output_dir(config)
 
     # Everything that can fail on bad input happens before anything is written.
-    from .data import load_splits
-
     task = get_task_class(config.task)(task_settings(config.to_dict()))
     raw, sources = load_splits(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
