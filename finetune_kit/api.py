@@ -55,14 +55,21 @@ class TrainResult:
     best_metric: float | None
 
 
-def task_settings(config: dict[str, Any]) -> TaskSettings:
+def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
+    """The task's view of a run's settings; a column left unset takes the task's default
+    (``default_columns``, e.g. ``tokens``/``tags`` for tagging), else TaskSettings' own."""
+    defaults = {**{f: getattr(TaskSettings, f) for f in ("text_column", "text_pair_column", "label_column")},
+                **getattr(task_class, "default_columns", {})}
     return TaskSettings(
-        text_column=config.get("text_column", "text"),
-        text_pair_column=config.get("text_pair_column", "text_pair"),
-        label_column=config.get("label_column", "label"),
+        **{column: config.get(column) or default for column, default in defaults.items()},
         max_length=config.get("max_length", 128),
         options=dict(config.get("task_options") or {}),
     )
+
+
+def file_format_fallback(task: Task) -> str | None:
+    """The format a task reads files of unknown extension as (``default_file_format``)."""
+    return getattr(task, "default_file_format", None)
 
 
 def uses_pooler(task: Task) -> bool:
@@ -126,8 +133,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     _check_output_dir(config)
 
     # Everything that can fail on bad input happens before anything is written.
-    task = get_task_class(config.task)(task_settings(config.to_dict()))
-    raw, sources = load_splits(config)
+    task_class = get_task_class(config.task)
+    task = task_class(task_settings(config.to_dict(), task_class))
+    raw, sources = load_splits(config, file_format_fallback(task))
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     task.setup(raw, tokenizer, sources)
     features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
@@ -189,7 +197,8 @@ class Predictor:
         config.update({k: v for k, v in column_overrides.items() if v is not None})
         self.config = config
         self.batch_size = batch_size
-        self.task: Task = get_task_class(self.manifest.task)(task_settings(config))
+        task_class = get_task_class(self.manifest.task)
+        self.task: Task = task_class(task_settings(config, task_class))
         trust = bool(config.get("trust_remote_code", False))
         self.tokenizer = load_tokenizer(str(self.model_dir), trust)
         self.task.load_state(self.manifest.task_state, self.tokenizer)
@@ -216,7 +225,11 @@ class Predictor:
         return predict_raw(self.accelerator, self.model, self.task, raw, self.batch_size)
 
     def predict_file(self, path: str | Path, file_format: str = "auto") -> list[dict[str, Any]]:
-        return self.predict_dataset(read_file(path, file_format), str(path))
+        return self.predict_dataset(self.read_file(path, file_format), str(path))
+
+    def read_file(self, path: str | Path, file_format: str = "auto") -> Dataset:
+        """Read a file the way this model's task reads its data."""
+        return read_file(path, file_format, fallback_format=file_format_fallback(self.task))
 
     def evaluate_dataset(self, raw: Dataset, source: str) -> dict[str, Any]:
         self.task.validate(raw, "test", source)
@@ -237,7 +250,7 @@ def evaluate(
     """Evaluate a saved model on a labelled file; writes metrics.json and report.md to ``output``
     (default: ``MODEL_DIR/evaluation/<file name>``) and returns the metrics."""
     predictor = load(model_dir, batch_size=batch_size, **column_overrides)
-    raw = read_file(data, file_format)
+    raw = predictor.read_file(data, file_format)
     metrics = predictor.evaluate_dataset(raw, str(data))
     out = Path(output) if output else Path(model_dir) / "evaluation" / Path(data).stem
     header = {"task": predictor.manifest.task, "model_directory": str(model_dir), "data": str(data)}

@@ -58,16 +58,18 @@ def train(
         None, help="Optional CONFIG.yaml with the settings, then key=value overrides (e.g. epochs=2)."),
     task: Optional[str] = typer.Option(None, help="Task name; `finetune-kit tasks` lists them."),
     model: Optional[str] = typer.Option(None, help="Pretrained encoder: local directory or Hub id."),
-    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (.csv, .tsv, .jsonl)."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (.csv, .tsv, .jsonl, .conll)."),
     validation_file: Optional[str] = typer.Option(None, "--validation", help="Validation file."),
     test_file: Optional[str] = typer.Option(None, "--test", help="Test file, evaluated at the end."),
     output_dir: Optional[str] = typer.Option(None, "--output", help="Directory for the model, metrics and report."),
     dataset: Optional[str] = typer.Option(None, help="Hub dataset name instead of files (needs a network)."),
     dataset_config: Optional[str] = typer.Option(None, help="Hub dataset configuration."),
-    file_format: Optional[str] = typer.Option(None, help="auto (by extension), csv, tsv or jsonl."),
-    text_column: Optional[str] = typer.Option(None, help="Text column (default: text)."),
+    file_format: Optional[str] = typer.Option(None, help="auto (by extension), csv, tsv, jsonl or conll."),
+    text_column: Optional[str] = typer.Option(
+        None, help="Text column (default: the task's: text; tokens for tagging)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column of pair tasks (default: text_pair)."),
-    label_column: Optional[str] = typer.Option(None, help="Label column (default: label)."),
+    label_column: Optional[str] = typer.Option(
+        None, help="Label column (default: the task's: label; tags for tagging)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
     epochs: Optional[float] = typer.Option(None, help="Training epochs (default: 3)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps."),
@@ -91,6 +93,7 @@ def train(
                                                      help="Run model code from the Hub repository."),
     task_option: Optional[list[str]] = typer.Option(None, "--task-option", "-o",
                                                     help="Task-specific option key=value (repeatable)."),
+    crf: bool = typer.Option(False, "--crf", help="token-classification: a CRF layer over the tags (-o crf=true)."),
 ) -> None:
     """Fine-tune an encoder: from options, or from a YAML file plus key=value overrides."""
     from .api import train as run_train
@@ -109,6 +112,8 @@ def train(
             task_options = apply_overrides({}, [f"task_options.{item}" for item in task_option])["task_options"]
         except ConfigError as exc:
             _fail(str(exc))
+    if crf:
+        task_options["crf"] = True
     settings = {k: v for k, v in {
         "task": task, "model": model, "train_file": train_file, "validation_file": validation_file,
         "test_file": test_file, "output_dir": output_dir, "dataset": dataset, "dataset_config": dataset_config,
@@ -130,9 +135,9 @@ def train(
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
-    data: Path = typer.Option(..., "--data", help="Labelled file to evaluate on (.csv, .tsv, .jsonl)."),
+    data: Path = typer.Option(..., "--data", help="Labelled file to evaluate on (.csv, .tsv, .jsonl, .conll)."),
     output: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL_DIR/evaluation/<file name>)."),
-    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv or jsonl."),
+    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
@@ -152,14 +157,16 @@ def evaluate(
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
-    input_file: Path = typer.Option(..., "--input", help="File to predict for (.csv, .tsv, .jsonl); labels are ignored."),
+    input_file: Path = typer.Option(
+        ..., "--input", help="File to predict for (.csv, .tsv, .jsonl, .conll); labels are ignored."),
     output: Path = typer.Option(..., "--output", help="JSON Lines output, one line per input, in input order."),
-    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv or jsonl."),
+    file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
 ) -> None:
-    """Predict with a trained model; writes one JSON line per input (the label and its score)."""
+    """Predict with a trained model; writes one JSON line per input: the label and its score, or for
+    tagging the tokens, their tags and the entities."""
     from .api import load
     from .modeling import atomic_write_text
 

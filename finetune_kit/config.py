@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+FORMATS = ("csv", "tsv", "jsonl", "conll")
 
 
 class ConfigError(ValueError):
@@ -41,14 +42,15 @@ class TrainConfig:
     train_split: str = "train"
     validation_split: str | None = "validation"
     test_split: str | None = None
-    # File format: "auto" (by extension), "csv", "tsv" or "jsonl".
+    # File format: "auto" (by extension, else the task's usual one), "csv", "tsv", "jsonl" or
+    # "conll" (token-per-line columns).
     file_format: str = "auto"
-    # Column holding the (first) text.
-    text_column: str = "text"
-    # Column holding the second text of pair tasks.
-    text_pair_column: str = "text_pair"
-    # Column holding the label.
-    label_column: str = "label"
+    # Column holding the (first) text; None: the task's default ("text"; "tokens" for tagging).
+    text_column: str | None = None
+    # Column holding the second text of pair tasks; None: "text_pair".
+    text_pair_column: str | None = None
+    # Column holding the label; None: the task's default ("label"; "tags" for tagging).
+    label_column: str | None = None
     # Keep only the first N training rows (None: all).
     max_train_samples: int | None = None
     # Longest input in subword tokens, special tokens included.
@@ -129,9 +131,9 @@ def validate(config: TrainConfig) -> None:
             f"mixed_precision: {config.mixed_precision!r} is not allowed; choose one of "
             f"{', '.join(MIXED_PRECISION)}"
         )
-    if config.file_format not in ("auto", "csv", "tsv", "jsonl"):
+    if config.file_format not in ("auto", *FORMATS):
         raise ConfigError(
-            f"file_format: {config.file_format!r} is not allowed; choose one of auto, csv, tsv, jsonl"
+            f"file_format: {config.file_format!r} is not allowed; choose one of auto, {', '.join(FORMATS)}"
         )
     if config.max_length < 8:
         raise ConfigError(f"max_length: {config.max_length!r} is too small; use at least 8")

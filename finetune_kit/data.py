@@ -1,14 +1,17 @@
-"""Readers: CSV, TSV, JSON Lines and hub datasets into ``datasets.Dataset``.
+"""Readers: CSV, TSV, JSON Lines, CoNLL columns and hub datasets into ``datasets.Dataset``.
 
 Files are parsed with the standard library so that every problem is reported with the file and
 the line it is on; each row keeps its line number in the ``_line`` column for later errors
 (an unknown label, say). TSV files are read without quote processing, as GLUE files need.
+CoNLL files become one row per sentence (``tokens``, ``tags``...), and each row also keeps the
+line of every token (``_token_lines``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,31 +23,38 @@ from .hub import require_hub
 from .task import DataError
 
 LINE_COLUMN = "_line"
-FORMATS = ("csv", "tsv", "jsonl")
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+TOKEN_LINES_COLUMN = "_token_lines"
+INTERNAL_COLUMNS = (LINE_COLUMN, TOKEN_LINES_COLUMN)
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+               ".conll": "conll", ".bio": "conll", ".iob": "conll", ".iob1": "conll", ".iob2": "conll",
+               ".bioes": "conll", ".bilou": "conll"}
+DOCSTART = "-DOCSTART-"
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def detect_format(path: Path, file_format: str = "auto") -> str:
+def detect_format(path: Path, file_format: str = "auto", fallback: str | None = None) -> str:
+    """The format of ``path``: as given, else by extension, else ``fallback`` (the task's usual
+    format, e.g. CoNLL columns for tagging, so that ``emerging.test.annotated`` reads)."""
     if file_format != "auto":
         return file_format
-    fmt = _EXTENSIONS.get(path.suffix.lower())
+    fmt = _EXTENSIONS.get(path.suffix.lower(), fallback)
     if fmt is None:
         raise DataError(
             f"{path}: cannot tell the format from the extension '{path.suffix}'; "
-            f"use .csv, .tsv or .jsonl, or set file_format"
+            f"use .csv, .tsv, .jsonl or .conll, or set file_format"
         )
     return fmt
 
 
-def read_file(path: str | Path, file_format: str = "auto", limit: int | None = None) -> Dataset:
-    """Read one data file; ``limit`` keeps only the first rows."""
+def read_file(path: str | Path, file_format: str = "auto", limit: int | None = None,
+              fallback_format: str | None = None) -> Dataset:
+    """Read one data file; ``limit`` keeps only the first rows (sentences for CoNLL)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    fmt = detect_format(path, file_format)
-    reader = _read_jsonl if fmt == "jsonl" else _read_delimited
+    fmt = detect_format(path, file_format, fallback_format)
+    reader = {"jsonl": _read_jsonl, "conll": _read_conll}.get(fmt, _read_delimited)
     rows = reader(path, fmt, limit)
     if not rows:
         raise DataError(f"{path}: no examples in the file")
@@ -115,6 +125,55 @@ def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]
     return rows
 
 
+def _read_conll(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+    """CoNLL columns: a token per line, blank lines between sentences, ``-DOCSTART-`` skipped.
+
+    Columns are separated by tabs (or by spaces on a line without a tab), so a token may hold
+    other white space. Column 0 is ``tokens``; the last column is ``tags``; columns in between
+    are ``column_1``, ``column_2``... (CoNLL-2003's POS tags are ``column_1``). Every token line
+    of a file must have the same number of columns.
+    """
+    rows: list[dict[str, Any]] = []
+    width: tuple[int, int] | None = None  # (columns, line where that was set)
+    sentence: list[tuple[int, list[str]]] = []
+
+    def close() -> None:
+        if not sentence:
+            return
+        columns = list(zip(*(cells for _, cells in sentence)))
+        row: dict[str, Any] = {"tokens": list(columns[0])}
+        for i, values in enumerate(columns[1:], start=1):
+            row["tags" if i == len(columns) - 1 else f"column_{i}"] = list(values)
+        row[LINE_COLUMN] = sentence[0][0]
+        row[TOKEN_LINES_COLUMN] = [number for number, _ in sentence]
+        rows.append(row)
+        sentence.clear()
+
+    with _open_text(path) as handle:
+        for number, text in enumerate(handle, start=1):
+            line = text.rstrip("\r\n").rstrip(" \t")
+            if not line.strip(" \t"):
+                close()
+                if limit is not None and len(rows) >= limit:
+                    return rows
+                continue
+            cells = line.split("\t") if "\t" in line else re.split(" +", line.lstrip(" "))
+            if cells[0] == DOCSTART:
+                close()
+                continue
+            if width is None:
+                width = (len(cells), number)
+            if len(cells) != width[0]:
+                what = "a token with no tag" if len(cells) == 1 else f"{len(cells)} columns"
+                raise DataError(f"{path} line {number}: {what}, but line {width[1]} has {width[0]} columns; "
+                                f"every token line needs the same columns")
+            if any(not cell.strip() for cell in cells):
+                raise DataError(f"{path} line {number}: empty column {1 + [not c.strip() for c in cells].index(True)}")
+            sentence.append((number, cells))
+    close()
+    return rows[:limit] if limit is not None else rows
+
+
 def _kind(value: Any) -> str | None:
     if value is None:
         return None
@@ -174,8 +233,10 @@ def load_hub_split(name: str, config: str | None, split: str) -> Dataset:
     return ds.add_column(LINE_COLUMN, list(range(1, len(ds) + 1)))
 
 
-def load_splits(config: Any) -> tuple[DatasetDict, dict[str, str]]:
-    """The train/validation/test splits a config names, and where each came from."""
+def load_splits(config: Any, fallback_format: str | None = None) -> tuple[DatasetDict, dict[str, str]]:
+    """The train/validation/test splits a config names, and where each came from.
+
+    ``fallback_format`` reads files whose extension says nothing (the task's usual format)."""
     splits: dict[str, Dataset] = {}
     sources: dict[str, str] = {}
     if config.dataset:
@@ -190,14 +251,14 @@ def load_splits(config: Any) -> tuple[DatasetDict, dict[str, str]]:
     for split, path in (("train", config.train_file), ("validation", config.validation_file), ("test", config.test_file)):
         if path:
             limit = config.max_train_samples if split == "train" else None
-            splits[split] = read_file(path, config.file_format, limit)
+            splits[split] = read_file(path, config.file_format, limit, fallback_format)
             sources[split] = str(path)
     return DatasetDict(splits), sources
 
 
 def require_columns(ds: Dataset, columns: Iterable[str], source: str, option_hint: dict[str, str]) -> None:
     """Error naming the file, the missing column and the columns that are there."""
-    present = [c for c in ds.column_names if c != LINE_COLUMN]
+    present = [c for c in ds.column_names if c not in INTERNAL_COLUMNS]
     for column in columns:
         if column not in present:
             hint = option_hint.get(column, "")
@@ -211,3 +272,12 @@ def where(source: str, row: dict[str, Any]) -> str:
     """'file line N' for a row read by these readers."""
     line = row.get(LINE_COLUMN)
     return f"{source} line {line}" if line is not None else source
+
+
+def where_token(source: str, row: dict[str, Any], index: int) -> str:
+    """'file line N' of token ``index`` of a row: its own line in a CoNLL file, else the row's
+    line and the token's position ('file line N, token 3')."""
+    token_lines = row.get(TOKEN_LINES_COLUMN)
+    if token_lines is not None:
+        return f"{source} line {token_lines[index]}"
+    return f"{where(source, row)}, token {index + 1}"

@@ -57,7 +57,11 @@ class Task(Protocol):
     greater_is_better: ClassVar[bool]
 
     settings: TaskSettings
-    # Optional attribute ``uses_pooler``: True keeps the encoder's pooler layer (default: dropped).
+    # Optional attributes:
+    # - ``uses_pooler``: True keeps the encoder's pooler layer (default: dropped).
+    # - ``default_columns``: column settings left unset take these, e.g.
+    #   ``{"text_column": "tokens", "label_column": "tags"}`` (default: text, text_pair, label).
+    # - ``default_file_format``: how files whose extension says nothing are read, e.g. "conll".
 
     def __init__(self, settings: TaskSettings) -> None: ...
 

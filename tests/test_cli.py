@@ -31,14 +31,16 @@ def test_help_is_complete(command):
     expected = {"train": ["--task", "--model", "--train", "--validation", "--test", "--output", "--epochs",
                           "--batch-size", "--learning-rate", "--max-length", "--seed", "--text-column",
                           "--text-pair-column", "--label-column", "--warmup-ratio", "--gradient-accumulation-steps",
-                          "--mixed-precision", "--early-stopping-patience", "--eval-steps", "--task-option"],
+                          "--mixed-precision", "--early-stopping-patience", "--eval-steps", "--task-option",
+                          "--crf", "--file-format"],
                 "evaluate": ["MODEL_DIR", "--data", "--output"],
                 "predict": ["MODEL_DIR", "--input", "--output"],
                 "tasks": [], "demo": ["--output", "--epochs", "--model"]}[command]
     for option in expected:
         assert option in result.output, option
     if command == "train":  # defaults are shown, not swallowed as markup
-        assert "(default: text)" in result.output and "(default: 5e-5)" in result.output
+        assert "(default: the task's: text; tokens for tagging)" in result.output
+        assert "(default: 5e-5)" in result.output
 
 
 def test_train_predict_evaluate_round_trip(tiny_encoder, sentiment_files, tmp_path: Path):

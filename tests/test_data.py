@@ -118,3 +118,50 @@ def test_jsonl_ints_and_floats_mix(tmp_path: Path):
     path = tmp_path / "n.jsonl"
     path.write_text('{"y": 1}\n{"y": 2.5}\n{"y": null}\n', encoding="utf-8")
     assert read_file(path)["y"] == [1.0, 2.5, None]
+
+
+def test_conll_columns_docstart_and_token_lines(tmp_path: Path):
+    path = tmp_path / "d.conll"
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
+                    "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER  \n", encoding="utf-8")
+    ds = read_file(path)
+    assert ds["tokens"] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert ds["tags"] == [["B-ORG", "O"], ["B-PER", "I-PER"]]  # the last column
+    assert ds["column_1"] == [["NNP", "VBZ"], ["NNP", "NNP"]]  # the ones between are numbered
+    assert ds["column_2"] == [["B-NP", "B-VP"], ["B-NP", "I-NP"]]
+    assert ds[LINE_COLUMN] == [3, 7]
+    assert ds["_token_lines"] == [[3, 4], [7, 8]]
+    assert read_file(path, limit=1)["tokens"] == [["EU", "rejects"]]
+
+
+def test_conll_tabs_keep_spaces_in_tokens_and_tab_lines_separate(tmp_path: Path):
+    path = tmp_path / "wnut.txt"
+    path.write_text("New York\tB-location\n&lt;3\tO\n\t\nhi\tO\n", encoding="utf-8")
+    ds = read_file(path, fallback_format="conll")  # the extension says nothing: the task's format
+    assert ds["tokens"] == [["New York", "&lt;3"], ["hi"]]
+    assert ds["tags"] == [["B-location", "O"], ["O"]]
+    with pytest.raises(DataError, match=r"wnut.txt: cannot tell the format from the extension '.txt'"):
+        read_file(path)
+
+
+def test_conll_errors_name_the_line(tmp_path: Path):
+    path = tmp_path / "bad.conll"
+    path.write_text("a\tO\nb\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.conll line 2: a token with no tag, but line 1 has 2 columns"):
+        read_file(path)
+    path.write_text("a O\n\nb NN O\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.conll line 3: 3 columns, but line 1 has 2 columns"):
+        read_file(path)
+    path.write_text("\tO\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.conll line 1: empty column 1"):
+        read_file(path)
+    path.write_text("-DOCSTART-\tO\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.conll: no examples in the file"):
+        read_file(path)
+
+
+def test_conll_with_only_tokens_reads_for_prediction(tmp_path: Path):
+    path = tmp_path / "raw.conll"
+    path.write_text("hello\nworld\n\nbye\n", encoding="utf-8")
+    ds = read_file(path)
+    assert ds["tokens"] == [["hello", "world"], ["bye"]] and "tags" not in ds.column_names

@@ -33,3 +33,27 @@ def test_two_processes_train_and_evaluate_like_one(tiny_encoder, tmp_path):
     # one process wrote the log: every optimizer step appears once
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log].count("train_end") == 1
+
+
+def test_two_processes_evaluate_tagging_like_one(tiny_encoder, tmp_path):
+    """Token-level outputs of different lengths, gathered across processes: every sentence once."""
+    from tests.test_token_classification import SENTENCES, conll_text
+
+    train = tmp_path / "train.conll"
+    train.write_text(conll_text(SENTENCES * 2), encoding="utf-8")
+    dev = tmp_path / "dev.conll"
+    dev.write_text(conll_text(SENTENCES[:7]), encoding="utf-8")  # 7 sentences: uneven over 2 x batch 2
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+               "-m", "finetune_kit.cli", "train", "--task", "token-classification", "--model", tiny_encoder,
+               "--train", str(train), "--validation", str(dev), "--output", str(out), "--epochs", "2",
+               "--batch-size", "4", "--eval-batch-size", "2", "--learning-rate", "1e-3", "--max-length", "8",
+               "--crf"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    validation = json.loads((out / "metrics.json").read_text())["validation"]
+    assert validation["num_sentences"] == 7 and validation["num_tokens"] == 41
+    single = fk.evaluate(out, dev, tmp_path / "single", batch_size=2)
+    assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
+    assert single == validation

@@ -38,3 +38,33 @@ def test_sst2_slice_learns_with_the_packaged_encoder(tmp_path):
     assert result.metrics["validation"]["accuracy"] > 0.77
     predictor = fk.load(tmp_path / "m")
     assert [p["label"] for p in predictor.predict(["a wonderful , moving film", "dull and lifeless"])] == ["1", "0"]
+
+
+WNUT = SHARED_DATA / "wnut17"
+
+
+def test_wnut17_reads_completely():
+    from finetune_kit.tagging import spans
+
+    # counts from wnut17/SOURCE.md; the test file's extension says nothing: read as CoNLL
+    for name, sentences, tokens, entities in (("wnut17train.conll", 3394, 62730, 1975),
+                                              ("emerging.dev.conll", 1009, 15733, 836),
+                                              ("emerging.test.annotated", 1287, 23394, 1079)):
+        ds = read_file(WNUT / name, fallback_format="conll")
+        assert len(ds) == sentences, name
+        assert sum(map(len, ds["tokens"])) == tokens, name
+        assert sum(len(spans(tags, "IOB2")) for tags in ds["tags"]) == entities, name
+
+
+@needs_encoder
+def test_wnut17_one_epoch_with_crf_learns(tmp_path):
+    result = fk.train(task="token-classification", model="sentence-transformers/all-MiniLM-L6-v2",
+                      train_file=str(WNUT / "wnut17train.conll"), validation_file=str(WNUT / "emerging.dev.conll"),
+                      output_dir=str(tmp_path / "m"), epochs=1, batch_size=16, task_options={"crf": True})
+    validation = result.metrics["validation"]
+    assert validation["num_tokens"] == 15733  # every word predicted
+    assert validation["f1"] > 0.30
+    assert validation["f1"] == validation["default_mode"]["f1"]  # Viterbi emits only well-formed tags
+    [out] = fk.load(tmp_path / "m").predict(["I saw Taylor Swift in New York yesterday"])
+    type_of_word = {i: e["type"] for e in out["entities"] for i in range(e["start"], e["end"])}
+    assert type_of_word.get(2) == "person" and type_of_word.get(5) == "location"  # Taylor, New

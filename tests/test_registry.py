@@ -8,7 +8,7 @@ from finetune_kit.task import Task, TaskError
 
 def test_builtin_tasks_are_registered_through_entry_points():
     names = registry.available_tasks()
-    assert {"text-classification", "pair-classification"} <= set(names)
+    assert {"text-classification", "pair-classification", "token-classification"} <= set(names)
     cls = registry.get_task_class("pair-classification")
     assert cls.__module__ == "finetune_kit_tasks.pair_classification"
     assert registry.task_origin("text-classification") == "finetune-kit"
@@ -17,7 +17,7 @@ def test_builtin_tasks_are_registered_through_entry_points():
 def test_builtin_tasks_follow_the_contract():
     from finetune_kit.task import TaskSettings
 
-    for name in ("text-classification", "pair-classification"):
+    for name in ("text-classification", "pair-classification", "token-classification"):
         task = registry.get_task_class(name)(TaskSettings())
         assert isinstance(task, Task)
         assert task.name == name
