@@ -30,11 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARED,
+    TokenCounter,
     add_rates,
     finetune_kit_training,
     offline,
     packaged_encoder,
     print_table,
+    reference_training_arguments,
     run_measured,
 )
 
@@ -60,7 +62,7 @@ def trainer_child(args: dict) -> dict:
     import torch
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+                              set_seed)
 
     set_seed(args["seed"])
     train_rows = read_tsv(args["train"], args["max_train_samples"])
@@ -76,31 +78,15 @@ def trainer_child(args: dict) -> dict:
         encoded = tokenizer(first, second, truncation=True, max_length=args["max_length"])
         return Dataset.from_dict({**encoded, "labels": [label_id[r[args["label_column"]]] for r in rows]})
 
-    collator = DataCollatorWithPadding(tokenizer)
-    counts = {"nonpad": 0, "padded": 0, "counting": True}
-
-    def counting_collator(features):
-        batch = collator(features)
-        if counts["counting"]:
-            counts["nonpad"] += int(batch["attention_mask"].sum())
-            counts["padded"] += int(batch["input_ids"].numel())
-        return batch
-
-    training_args = TrainingArguments(
-        output_dir=args["work_dir"], per_device_train_batch_size=args["batch_size"],
-        per_device_eval_batch_size=64, learning_rate=args["learning_rate"], lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, num_train_epochs=args["epochs"], seed=args["seed"], report_to=[],
-        save_strategy="no", eval_strategy="no", logging_steps=100, dataloader_num_workers=0, use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train_rows),
-                      data_collator=counting_collator)
+    counter = TokenCounter(DataCollatorWithPadding(tokenizer))
+    trainer = Trainer(model=model, args=reference_training_arguments(args), train_dataset=encode(train_rows),
+                      data_collator=counter)
     train_metrics = trainer.train().metrics
-    counts["counting"] = False
+    counter.counting = False
     predictions = trainer.predict(encode(dev_rows))
     accuracy = float(np.mean(np.argmax(predictions.predictions, axis=1) == predictions.label_ids))
-    return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counts["nonpad"],
-            "padded_tokens": counts["padded"], "accuracy": accuracy, "torch_threads": torch.get_num_threads()}
+    return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad,
+            "padded_tokens": counter.padded, "accuracy": accuracy, "torch_threads": torch.get_num_threads()}
 
 
 # -- the finetune-kit side: its CLI, in a child process ---------------------------------------

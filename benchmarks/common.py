@@ -61,6 +61,36 @@ def add_rates(result: dict) -> dict:
     return result
 
 
+class TokenCounter:
+    """Wraps a data collator and counts the real and padded tokens of the training batches
+    (``counting`` set to False before predicting)."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.nonpad = self.padded = 0
+        self.counting = True
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if self.counting:
+            self.nonpad += int(batch["attention_mask"].sum())
+            self.padded += int(batch["input_ids"].numel())
+        return batch
+
+
+def reference_training_arguments(args: dict):
+    """The Trainer recipe's settings: linear decay, no warm-up or decay, no saving, the CPU."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=args["work_dir"], per_device_train_batch_size=args["batch_size"],
+        per_device_eval_batch_size=64, learning_rate=args["learning_rate"], lr_scheduler_type="linear",
+        warmup_steps=0, weight_decay=0.0, num_train_epochs=args["epochs"], seed=args["seed"], report_to=[],
+        save_strategy="no", eval_strategy="no", logging_steps=100, dataloader_num_workers=0, use_cpu=True,
+        disable_tqdm=True,
+    )
+
+
 # (header, key, format) of the speed columns every benchmark prints after its quality columns
 SPEED_COLUMNS = [("train s", "train_s", ".1f"), ("non-pad tok/s", "nonpad_tok_s", ".0f"),
                  ("padded tok/s", "padded_tok_s", ".0f"), ("padding", "padding", ".0%"),

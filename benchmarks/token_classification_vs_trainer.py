@@ -25,11 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARED,
+    TokenCounter,
     add_rates,
     finetune_kit_training,
     offline,
     packaged_encoder,
     print_table,
+    reference_training_arguments,
     run_measured,
 )
 
@@ -64,7 +66,7 @@ def trainer_child(args: dict) -> dict:
     from seqeval.metrics import f1_score
     from seqeval.scheme import IOB2
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments, set_seed)
+                              Trainer, set_seed)
 
     set_seed(args["seed"])
     train = read_conll(args["train"], args["max_train_samples"])
@@ -85,26 +87,11 @@ def trainer_child(args: dict) -> dict:
             all_labels.append(row)
         return Dataset.from_dict({**encoded, "labels": all_labels})
 
-    collator = DataCollatorForTokenClassification(tokenizer)
-    counts = {"nonpad": 0, "padded": 0, "counting": True}
-
-    def counting_collator(features):
-        batch = collator(features)
-        if counts["counting"]:
-            counts["nonpad"] += int(batch["attention_mask"].sum())
-            counts["padded"] += int(batch["input_ids"].numel())
-        return batch
-
-    training_args = TrainingArguments(
-        output_dir=args["work_dir"], per_device_train_batch_size=args["batch_size"],
-        per_device_eval_batch_size=64, learning_rate=args["learning_rate"], lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, num_train_epochs=args["epochs"], seed=args["seed"], report_to=[],
-        save_strategy="no", eval_strategy="no", logging_steps=100, dataloader_num_workers=0, use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train), data_collator=counting_collator)
+    counter = TokenCounter(DataCollatorForTokenClassification(tokenizer))
+    trainer = Trainer(model=model, args=reference_training_arguments(args), train_dataset=encode(train),
+                      data_collator=counter)
     train_metrics = trainer.train().metrics
-    counts["counting"] = False
+    counter.counting = False
 
     def score(path: str) -> tuple[float, float, int]:
         sentences = read_conll(path)
@@ -120,8 +107,8 @@ def trainer_child(args: dict) -> dict:
 
     test_strict, test_default, dropped = score(args["test"])
     dev_strict, _, _ = score(args["validation"])
-    return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counts["nonpad"],
-            "padded_tokens": counts["padded"], "test_f1_strict": test_strict, "test_f1_default": test_default,
+    return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad,
+            "padded_tokens": counter.padded, "test_f1_strict": test_strict, "test_f1_default": test_default,
             "dev_f1_strict": dev_strict, "test_words_dropped": dropped, "torch_threads": torch.get_num_threads()}
 
 
