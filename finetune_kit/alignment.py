@@ -125,3 +125,23 @@ def subword_labels(
         labels.extend([continuation[label] if continuation is not None else IGNORE_INDEX] * rest)
     labels.extend([IGNORE_INDEX] * suffix_len)
     return labels
+
+
+def char_span_to_tokens(
+    offsets: Sequence[tuple[int, int]], in_context: Sequence[bool], start_char: int, end_char: int,
+) -> tuple[int, int] | None:
+    """Token positions (first, last) that cover the characters ``[start_char, end_char)`` of the
+    context, or None when the span is not wholly inside this window's context tokens.
+
+    ``offsets`` are the tokenizer's character offsets; ``in_context`` marks the tokens that are
+    context (not question, special or padding).
+    """
+    positions = [i for i, inside in enumerate(in_context) if inside]
+    if not positions:
+        return None
+    first, last = positions[0], positions[-1]
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return None
+    start = next(i for i in positions if offsets[i][1] > start_char)
+    end = next(i for i in reversed(positions) if offsets[i][0] < end_char)
+    return start, end

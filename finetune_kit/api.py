@@ -29,6 +29,7 @@ from .modeling import (
     package_versions,
     read_manifest,
     save_model_dir,
+    write_manifest,
 )
 from .registry import get_task_class
 from .report import write_evaluation
@@ -62,7 +63,7 @@ def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
                 **getattr(task_class, "default_columns", {})}
     return TaskSettings(
         **{column: config.get(column) or default for column, default in defaults.items()},
-        max_length=config.get("max_length", 128),
+        max_length=config.get("max_length") or getattr(task_class, "default_max_length", TaskSettings.max_length),
         options=dict(config.get("task_options") or {}),
     )
 
@@ -89,9 +90,14 @@ def predict_raw(
 
 def evaluate_raw(
     accelerator: Accelerator, model: Any, task: Task, raw: Dataset, features: Dataset, batch_size: int,
+    calibrate: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and predictions of a split; with ``calibrate``, the task first tunes its decision
+    settings (``calibrate``, e.g. a threshold) on these predictions, then scores them."""
     losses: list[float] = []
     predictions = predict_raw(accelerator, model, task, raw, batch_size, features, losses)
+    if calibrate and hasattr(task, "calibrate"):
+        task.calibrate(predictions, raw)
     metrics = task.compute_metrics(predictions, raw)
     if losses:
         metrics["loss"] = float(sum(losses) / len(losses))
@@ -172,7 +178,11 @@ def run_training(config: TrainConfig) -> TrainResult:
     for split in ("validation", "test"):
         if split in raw:
             metrics[split], _ = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
-                                             config.eval_batch_size)
+                                             config.eval_batch_size, calibrate=split == "validation")
+    if hasattr(task, "calibrate") and "validation" in raw:  # the tuned settings go with the weights
+        manifest.task_state = task.state()
+        if accelerator.is_main_process:
+            write_manifest(output_dir, manifest)
     if accelerator.is_main_process:
         header = {"task": config.task, "base_model": config.model, "model_directory": str(output_dir),
                   **{f"{split}_data": src for split, src in sources.items()},
@@ -214,7 +224,8 @@ class Predictor:
         return getattr(self.task, "labels", None)
 
     def predict(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
-        """Predict for Python inputs: strings, (text, text_pair) pairs or dicts of columns."""
+        """Predict for Python inputs: strings, (text, text_pair) pairs, token lists or dicts of
+        columns, as the task reads them (e.g. {"question": ..., "context": ...} for QA)."""
         rows = self.task.to_examples(inputs)
         if not rows:
             return []

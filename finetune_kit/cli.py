@@ -71,16 +71,20 @@ def train(
     label_column: Optional[str] = typer.Option(
         None, help="Label column (default: the task's: label; tags for tagging)."),
     max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
+    validation_fraction: Optional[float] = typer.Option(
+        None, help="Hold out this share of the training rows (the last ones) as validation."),
     epochs: Optional[float] = typer.Option(None, help="Training epochs (default: 3)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size per process (default: 32)."),
     eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (default: 64)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: 5e-5)."),
+    head_learning_rate: Optional[float] = typer.Option(
+        None, help="Peak learning rate of the task head (default: the task's, else --learning-rate)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
     warmup_ratio: Optional[float] = typer.Option(None, help="Share of steps for linear warm-up (default: 0)."),
     gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Batches per optimizer step (default: 1)."),
     max_grad_norm: Optional[float] = typer.Option(None, help="Gradient clipping norm (default: 1.0)."),
-    max_length: Optional[int] = typer.Option(None, help="Longest input in tokens (default: 128)."),
+    max_length: Optional[int] = typer.Option(None, help="Longest input in tokens (default: the task's: 128; 384 for QA)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: 42)."),
     mixed_precision: Optional[str] = typer.Option(None, help="no, fp16 or bf16 (default: no)."),
     eval_steps: Optional[int] = typer.Option(None, help="Also evaluate every N optimizer steps."),
@@ -118,9 +122,11 @@ def train(
         "task": task, "model": model, "train_file": train_file, "validation_file": validation_file,
         "test_file": test_file, "output_dir": output_dir, "dataset": dataset, "dataset_config": dataset_config,
         "file_format": file_format, "text_column": text_column, "text_pair_column": text_pair_column,
-        "label_column": label_column, "max_train_samples": max_train_samples, "epochs": epochs,
+        "label_column": label_column, "max_train_samples": max_train_samples,
+        "validation_fraction": validation_fraction, "epochs": epochs,
         "max_steps": max_steps, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-        "learning_rate": learning_rate, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
+        "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "weight_decay": weight_decay,
+        "warmup_ratio": warmup_ratio,
         "gradient_accumulation_steps": gradient_accumulation_steps, "max_grad_norm": max_grad_norm,
         "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
         "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
@@ -159,7 +165,8 @@ def predict(
     model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
     input_file: Path = typer.Option(
         ..., "--input", help="File to predict for (.csv, .tsv, .jsonl, .conll); labels are ignored."),
-    output: Path = typer.Option(..., "--output", help="JSON Lines output, one line per input, in input order."),
+    output: Path = typer.Option(..., "--output", help="Output file: JSON Lines, one line per input in input order "
+                                "(QA: the official {id: answer} JSON, n-best lists beside it)."),
     file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
@@ -174,8 +181,13 @@ def predict(
     predictor = _run(load, model_dir, batch_size=batch_size, text_column=text_column,
                      text_pair_column=text_pair_column)
     predictions = _run(predictor.predict_file, input_file, file_format)
-    atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    typer.echo(f"{len(predictions)} predictions written to {output}")
+    writer = getattr(predictor.task, "write_predictions", None)
+    if writer is not None:
+        paths = writer(predictions, output)
+    else:
+        atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+        paths = [output]
+    typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")
 
 
 @app.command("tasks")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-FORMATS = ("csv", "tsv", "jsonl", "conll")
+FORMATS = ("csv", "tsv", "jsonl", "json", "conll")
 
 
 class ConfigError(ValueError):
@@ -42,8 +42,8 @@ class TrainConfig:
     train_split: str = "train"
     validation_split: str | None = "validation"
     test_split: str | None = None
-    # File format: "auto" (by extension, else the task's usual one), "csv", "tsv", "jsonl" or
-    # "conll" (token-per-line columns).
+    # File format: "auto" (by extension, else the task's usual one), "csv", "tsv", "jsonl",
+    # "json" (one document: SQuAD or an array of objects) or "conll" (token-per-line columns).
     file_format: str = "auto"
     # Column holding the (first) text; None: the task's default ("text"; "tokens" for tagging).
     text_column: str | None = None
@@ -53,8 +53,12 @@ class TrainConfig:
     label_column: str | None = None
     # Keep only the first N training rows (None: all).
     max_train_samples: int | None = None
-    # Longest input in subword tokens, special tokens included.
-    max_length: int = 128
+    # Hold out this share of the training rows (the last ones, in file order) as the validation
+    # split, when there is no validation file (None: no).
+    validation_fraction: float | None = None
+    # Longest input in subword tokens, special tokens included; None: the task's default
+    # (128; 384 for question answering).
+    max_length: int | None = None
     # Passes over the training data.
     epochs: float = 3.0
     # Stop after this many optimizer steps (None: run all epochs).
@@ -65,6 +69,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     # Peak AdamW learning rate.
     learning_rate: float = 5e-5
+    # Peak learning rate of the task's head modules (None: the task's default, else learning_rate);
+    # new heads often want more than a pretrained encoder.
+    head_learning_rate: float | None = None
     # AdamW weight decay (not applied to biases and LayerNorm weights).
     weight_decay: float = 0.0
     # Share of the optimizer steps used for linear warm-up.
@@ -118,12 +125,14 @@ def validate(config: TrainConfig) -> None:
     hints = _field_types()
     for f in fields(config):
         _check_type(f.name, getattr(config, f.name), hints[f.name])
-    for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "max_length",
+    for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "head_learning_rate", "max_length",
                  "gradient_accumulation_steps", "logging_steps", "max_steps", "eval_steps",
                  "max_train_samples", "early_stopping_patience"):
         _positive(name, getattr(config, name))
     if config.weight_decay < 0:
         raise ConfigError(f"weight_decay: {config.weight_decay!r} is not allowed; it must be >= 0")
+    if config.validation_fraction is not None and not 0 < config.validation_fraction < 1:
+        raise ConfigError(f"validation_fraction: {config.validation_fraction!r} is not allowed; it must be in (0, 1)")
     if not 0 <= config.warmup_ratio < 1:
         raise ConfigError(f"warmup_ratio: {config.warmup_ratio!r} is not allowed; it must be in [0, 1)")
     if config.mixed_precision not in MIXED_PRECISION:
@@ -135,7 +144,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"file_format: {config.file_format!r} is not allowed; choose one of auto, {', '.join(FORMATS)}"
         )
-    if config.max_length < 8:
+    if config.max_length is not None and config.max_length < 8:
         raise ConfigError(f"max_length: {config.max_length!r} is too small; use at least 8")
     if config.train_file is None and config.dataset is None:
         raise ConfigError("train_file: missing; give a training file or a hub dataset name (dataset)")

@@ -1,10 +1,15 @@
-"""Readers: CSV, TSV, JSON Lines, CoNLL columns and hub datasets into ``datasets.Dataset``.
+"""Readers: CSV, TSV, JSON Lines, JSON documents (SQuAD, arrays of objects), CoNLL columns
+and hub datasets into ``datasets.Dataset``.
 
 Files are parsed with the standard library so that every problem is reported with the file and
 the line it is on; each row keeps its line number in the ``_line`` column for later errors
 (an unknown label, say). TSV files are read without quote processing, as GLUE files need.
 CoNLL files become one row per sentence (``tokens``, ``tags``...), and each row also keeps the
-line of every token (``_token_lines``).
+line of every token (``_token_lines``). A ``.json`` file is one JSON document: the SQuAD layout
+becomes one row per question (``id``, ``title``, ``context``, ``question``, ``answers`` as
+``{"text": [...], "answer_start": [...]}``, empty for unanswerable questions), an array becomes
+one row per object (``_item`` numbers them for errors), and a file of several JSON values is
+read as JSON Lines.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from .task import DataError
 
 LINE_COLUMN = "_line"
 TOKEN_LINES_COLUMN = "_token_lines"
-INTERNAL_COLUMNS = (LINE_COLUMN, TOKEN_LINES_COLUMN)
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+ITEM_COLUMN = "_item"
+INTERNAL_COLUMNS = (LINE_COLUMN, TOKEN_LINES_COLUMN, ITEM_COLUMN)
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".conll": "conll", ".bio": "conll", ".iob": "conll", ".iob1": "conll", ".iob2": "conll",
                ".bioes": "conll", ".bilou": "conll"}
 DOCSTART = "-DOCSTART-"
@@ -42,19 +48,20 @@ def detect_format(path: Path, file_format: str = "auto", fallback: str | None = 
     if fmt is None:
         raise DataError(
             f"{path}: cannot tell the format from the extension '{path.suffix}'; "
-            f"use .csv, .tsv, .jsonl or .conll, or set file_format"
+            f"use .csv, .tsv, .jsonl, .json or .conll, or set file_format"
         )
     return fmt
 
 
 def read_file(path: str | Path, file_format: str = "auto", limit: int | None = None,
               fallback_format: str | None = None) -> Dataset:
-    """Read one data file; ``limit`` keeps only the first rows (sentences for CoNLL)."""
+    """Read one data file; ``limit`` keeps only the first rows (sentences for CoNLL, questions
+    for SQuAD)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path, file_format, fallback_format)
-    reader = {"jsonl": _read_jsonl, "conll": _read_conll}.get(fmt, _read_delimited)
+    reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll}.get(fmt, _read_delimited)
     rows = reader(path, fmt, limit)
     if not rows:
         raise DataError(f"{path}: no examples in the file")
@@ -125,6 +132,64 @@ def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]
     return rows
 
 
+def _read_json(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+    """One JSON document: SQuAD, an array of objects, or one object; else JSON Lines."""
+    with _open_text(path) as handle:
+        text = handle.read()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several JSON values: JSON Lines under a .json name
+            return _read_jsonl(path, "jsonl", limit)
+        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        return _squad_rows(path, document["data"], limit)
+    items = document if isinstance(document, list) else [document]
+    rows: list[dict[str, Any]] = []
+    kinds: dict[str, tuple[str, int]] = {}
+    for number, item in enumerate(items[:limit] if limit is not None else items, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"{path} item {number}: expected a JSON object, found {type(item).__name__}")
+        _check_value_kinds(path, number, item, kinds, unit="item")
+        rows.append({**item, ITEM_COLUMN: number})
+    return rows
+
+
+def _squad_rows(path: Path, articles: list[Any], limit: int | None) -> list[dict[str, Any]]:
+    """SQuAD v1.1/v2.0 ``data[].paragraphs[].qas[]`` -> one row per question."""
+    rows: list[dict[str, Any]] = []
+
+    def need(value: Any, kind: type, where: str, key: str) -> Any:
+        if not isinstance(value, kind) or (kind is str and not value.strip()):
+            raise DataError(f"{path}: {where}: '{key}' is missing or not {'text' if kind is str else 'a list'}")
+        return value
+
+    for a, article in enumerate(articles):
+        paragraphs = need(article.get("paragraphs") if isinstance(article, dict) else None, list, f"data[{a}]",
+                          "paragraphs")
+        for p, paragraph in enumerate(paragraphs):
+            here = f"data[{a}].paragraphs[{p}]"
+            context = need(paragraph.get("context"), str, here, "context")
+            for q, qa in enumerate(need(paragraph.get("qas"), list, here, "qas")):
+                where = f"{here}.qas[{q}]"
+                question = need(qa.get("question"), str, where, "question")
+                answers = [] if qa.get("is_impossible") else need(qa.get("answers", []), list, where, "answers")
+                texts, starts = [], []
+                for k, answer in enumerate(answers):
+                    if not (isinstance(answer, dict) and isinstance(answer.get("text"), str)
+                            and isinstance(answer.get("answer_start"), int)):
+                        raise DataError(f"{path}: {where}.answers[{k}]: expected {{\"text\": ..., "
+                                        f"\"answer_start\": <int>}}")
+                    texts.append(answer["text"])
+                    starts.append(answer["answer_start"])
+                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")), "title": str(article.get("title", "")),
+                             "context": context, "question": question,
+                             "answers": {"text": texts, "answer_start": starts}, ITEM_COLUMN: len(rows) + 1})
+                if limit is not None and len(rows) >= limit:
+                    return rows
+    return rows
+
+
 def _read_conll(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
     """CoNLL columns: a token per line, blank lines between sentences, ``-DOCSTART-`` skipped.
 
@@ -186,8 +251,10 @@ def _kind(value: Any) -> str | None:
     return "a list" if isinstance(value, list) else "an object"
 
 
-def _check_value_kinds(path: Path, line: int, row: dict[str, Any], kinds: dict[str, tuple[str, int]]) -> None:
-    """A JSON Lines column must hold one kind of value (Arrow needs it; mixing is a data error)."""
+def _check_value_kinds(
+    path: Path, line: int, row: dict[str, Any], kinds: dict[str, tuple[str, int]], unit: str = "line"
+) -> None:
+    """A JSON column must hold one kind of value (Arrow needs it; mixing is a data error)."""
     for column, value in row.items():
         kind = _kind(value)
         if kind is None:
@@ -195,7 +262,7 @@ def _check_value_kinds(path: Path, line: int, row: dict[str, Any], kinds: dict[s
         first = kinds.setdefault(column, (kind, line))
         if first[0] != kind:
             raise DataError(
-                f"{path} line {line}: column '{column}' holds {kind}, but line {first[1]} holds {first[0]}; "
+                f"{path} {unit} {line}: column '{column}' holds {kind}, but {unit} {first[1]} holds {first[0]}; "
                 f"a column must hold one kind of value"
             )
 
@@ -253,6 +320,17 @@ def load_splits(config: Any, fallback_format: str | None = None) -> tuple[Datase
             limit = config.max_train_samples if split == "train" else None
             splits[split] = read_file(path, config.file_format, limit, fallback_format)
             sources[split] = str(path)
+    fraction = getattr(config, "validation_fraction", None)
+    if fraction and "train" in splits:
+        if "validation" in splits:
+            raise DataError("validation_fraction: a validation split is given too; use one or the other")
+        train = splits["train"]
+        cut = len(train) - max(1, round(len(train) * fraction))
+        if cut < 1:
+            raise DataError(f"{sources['train']}: {len(train)} rows are too few to hold out a validation part")
+        splits["train"], splits["validation"] = train.select(range(cut)), train.select(range(cut, len(train)))
+        sources["validation"] = f"{sources['train']} (last {len(train) - cut} rows)"
+        sources["train"] = f"{sources['train']} (first {cut} rows)"
     return DatasetDict(splits), sources
 
 
@@ -268,10 +346,21 @@ def require_columns(ds: Dataset, columns: Iterable[str], source: str, option_hin
             )
 
 
+def iter_rows(ds: Dataset, columns: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """The rows of ``ds`` as dicts of the given columns (those present) and the location columns
+    that ``where`` reads, one column read at a time."""
+    present = [c for c in dict.fromkeys([*columns, *INTERNAL_COLUMNS]) if c in ds.column_names]
+    for values in zip(*(ds[c] for c in present)):
+        yield dict(zip(present, values))
+
+
 def where(source: str, row: dict[str, Any]) -> str:
-    """'file line N' for a row read by these readers."""
+    """'file line N' (or 'file item N' in a JSON document) for a row read by these readers."""
     line = row.get(LINE_COLUMN)
-    return f"{source} line {line}" if line is not None else source
+    if line is not None:
+        return f"{source} line {line}"
+    item = row.get(ITEM_COLUMN)
+    return f"{source} item {item}" if item is not None else source
 
 
 def where_token(source: str, row: dict[str, Any], index: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,4 +97,133 @@ def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[s
         **counts,
         "per_type": strict["per_type"],
         "default_mode": {**default, "mode": "seqeval default (conlleval-compatible)"},
+    }
+
+
+# -- extractive question answering: the official SQuAD evaluation ----------------------------
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    import re
+    import string
+
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def answer_exact_match(prediction: str, gold: str) -> int:
+    return int(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def answer_f1(prediction: str, gold: str) -> float:
+    """Token-overlap F1 of the normalised answers (SQuAD v2.0 script: when either side is empty,
+    1 if both are, else 0)."""
+    from collections import Counter
+
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def gold_answers(texts: Sequence[str]) -> list[str]:
+    """The answers a prediction is compared with: those that normalise to something, else ['']
+    (an unanswerable question: only the empty prediction is right), as the v2.0 script does."""
+    kept = [t for t in texts if normalize_answer(t)]
+    return kept or [""]
+
+
+def answer_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """(exact match, F1) of one prediction: the maximum over the gold answers."""
+    golds = gold_answers(golds)
+    return (float(max(answer_exact_match(prediction, g) for g in golds)),
+            max(answer_f1(prediction, g) for g in golds))
+
+
+def squad_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Exact match and F1 (fractions of 1), overall and, when some questions have no answer,
+    for answerable (HasAns) and unanswerable (NoAns) questions separately."""
+    scores = [answer_scores(p, g) for p, g in zip(predictions, golds, strict=True)]
+    has_answer = [gold_answers(g) != [""] for g in golds]
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else 0.0
+
+    out: dict[str, Any] = {"exact_match": mean([s[0] for s in scores]), "f1": mean([s[1] for s in scores]),
+                           "num_questions": len(scores)}
+    if not all(has_answer):
+        for name, wanted in (("HasAns", True), ("NoAns", False)):
+            subset = [s for s, h in zip(scores, has_answer) if h == wanted]
+            out[f"{name}_exact_match"] = mean([s[0] for s in subset])
+            out[f"{name}_f1"] = mean([s[1] for s in subset])
+            out[f"{name}_total"] = len(subset)
+    return out
+
+
+def tune_null_threshold(
+    null_score_diffs: Sequence[float], answer_f1s: Sequence[float], null_f1s: Sequence[float]
+) -> tuple[float, float]:
+    """The no-answer threshold that maximises mean F1, and that F1.
+
+    A question gets no answer when ``null score - best span score > threshold``. For each
+    question: the F1 of its best span (``answer_f1s``) and of the empty answer (``null_f1s``).
+    Answering exactly the k questions with the smallest differences is what every threshold
+    between the k-th and (k+1)-th difference does; the midpoint is returned (outside the range:
+    1 beyond the extreme difference). Ties in F1 go to the threshold closest to 0.
+    """
+    diffs = np.asarray(null_score_diffs, dtype=np.float64)
+    if len(diffs) == 0:
+        return 0.0, 0.0
+    order = np.argsort(diffs, kind="stable")
+    diffs = diffs[order]
+    answered = np.concatenate([[0.0], np.cumsum(np.asarray(answer_f1s, dtype=np.float64)[order])])
+    unanswered = np.concatenate([np.cumsum(np.asarray(null_f1s, dtype=np.float64)[order][::-1])[::-1], [0.0]])
+    totals = (answered + unanswered) / len(diffs)  # totals[k]: the first k questions answered
+    # only cut between different differences: equal ones share their fate
+    cuts = [k for k in range(len(diffs) + 1) if k in (0, len(diffs)) or diffs[k - 1] < diffs[k]]
+    thresholds = {k: (diffs[0] - 1.0 if k == 0 else diffs[-1] + 1.0 if k == len(diffs)
+                      else (diffs[k - 1] + diffs[k]) / 2) for k in cuts}
+    best = max(cuts, key=lambda k: (round(float(totals[k]), 12), -abs(thresholds[k])))
+    return float(thresholds[best]), float(totals[best])
+
+
+# -- span NER ---------------------------------------------------------------------------------
+
+def span_metrics(
+    gold: Sequence[Sequence[tuple[int, int, str]]], predicted: Sequence[Sequence[tuple[int, int, str]]],
+    max_width: int | None = None,
+) -> dict[str, Any]:
+    """Exact-span metrics on sets of (start, end, type) per sentence, so nested gold counts like
+    any other: micro precision/recall/F1, the same per type, and boundaries only (type ignored),
+    with counts of gold spans, nested gold spans (inside another gold span) and gold spans wider
+    than ``max_width`` (which a span model limited to it can never find)."""
+    from .spans import prf, span_counts
+
+    gold_sets = [set(g) for g in gold]
+    pred_sets = [set(p) for p in predicted]
+    types = sorted({s[2] for g in gold_sets for s in g} | {s[2] for p in pred_sets for s in p})
+    per_type = {}
+    for kind in types:
+        tp, n_pred, n_gold = span_counts([{s for s in g if s[2] == kind} for g in gold_sets],
+                                         [{s for s in p if s[2] == kind} for p in pred_sets])
+        per_type[kind] = {**prf(tp, n_pred, n_gold), "support": n_gold}
+    tp, n_pred, n_gold = span_counts(gold_sets, pred_sets)
+    boundary = prf(*span_counts([{s[:2] for s in g} for g in gold_sets], [{s[:2] for s in p} for p in pred_sets]))
+    nested = sum(1 for g in gold_sets for s in g
+                 if any(o != s and o[0] <= s[0] and s[1] <= o[1] and o[:2] != s[:2] for o in g))
+    return {
+        **prf(tp, n_pred, n_gold),
+        "boundary": boundary,
+        "per_type": per_type,
+        "num_sentences": len(gold_sets),
+        "num_gold": n_gold,
+        "num_predicted": n_pred,
+        "num_gold_nested": nested,
+        "num_gold_too_wide": sum(1 for g in gold_sets for s in g if max_width and s[1] - s[0] > max_width),
     }

@@ -160,6 +160,11 @@ def save_model_dir(
             os.replace(item, output_dir / item.name)
 
 
+def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
+    """Rewrite only the manifest (e.g. with a threshold tuned after training), atomically."""
+    atomic_write_text(Path(model_dir) / MANIFEST, manifest.to_json())
+
+
 def read_manifest(model_dir: str | Path) -> Manifest:
     path = Path(model_dir) / MANIFEST
     if not path.is_file():

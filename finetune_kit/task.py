@@ -62,6 +62,13 @@ class Task(Protocol):
     # - ``default_columns``: column settings left unset take these, e.g.
     #   ``{"text_column": "tokens", "label_column": "tags"}`` (default: text, text_pair, label).
     # - ``default_file_format``: how files whose extension says nothing are read, e.g. "conll".
+    # - ``default_max_length``: max_length when the run does not set it (default 128).
+    # - ``default_head_learning_rate``: the learning rate of ``head_modules`` when the run sets
+    #   no ``head_learning_rate`` (default: the encoder's).
+    # - ``calibrate(predictions, raw)``: after training, tune decision settings (a threshold) on
+    #   the validation predictions of the best weights; ``state()`` then saves them.
+    # - ``write_predictions(predictions, path)``: how ``finetune-kit predict`` writes its output
+    #   (default: one JSON line per input); returns the paths written.
 
     def __init__(self, settings: TaskSettings) -> None: ...
 

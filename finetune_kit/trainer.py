@@ -136,6 +136,14 @@ def _pad_all_dims(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tenso
     return tensor
 
 
+def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
+    """The learning rate of the task's head modules: the run's ``head_learning_rate``, else the
+    task's ``default_head_learning_rate``, else None (the encoder's)."""
+    if config.head_learning_rate is not None:
+        return config.head_learning_rate
+    return getattr(task, "default_head_learning_rate", None)
+
+
 def make_adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, fused where torch has a fused kernel for the device.
 
@@ -233,15 +241,20 @@ class Trainer:
         )
 
     def _parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
+        """AdamW groups: weight decay except on biases and norms; the task's head modules
+        (``head_modules``) at ``head_learning_rate`` when one is set."""
+        head_lr = head_learning_rate(self.config, self.task)
+        heads = tuple(getattr(self.task, "head_modules", ()))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            is_head = head_lr is not None and any(part in heads for part in name.split("."))
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            groups.setdefault((is_head, decays), []).append(param)
+        return [{"params": params, "weight_decay": self.config.weight_decay if decays else 0.0,
+                 "lr": head_lr if is_head else self.config.learning_rate}
+                for (is_head, decays), params in sorted(groups.items())]
 
     def _improved(self, value: float) -> bool:
         best = self.state.best_metric

@@ -41,7 +41,7 @@ from finetune_kit.alignment import (
     word_pieces,
 )
 from finetune_kit.crf import LinearChainCRF, viterbi
-from finetune_kit.data import INTERNAL_COLUMNS, require_columns, where, where_token
+from finetune_kit.data import iter_rows, require_columns, where, where_token
 from finetune_kit.metrics import entity_metrics
 from finetune_kit.report import markdown_table, per_label_table
 from finetune_kit.tagging import (
@@ -217,17 +217,11 @@ class TokenClassificationTask:
         if labelled:
             self._check_tags(raw, source)
 
-    def _rows(self, raw: Dataset, columns: list[str]) -> Iterator[dict[str, Any]]:
-        present = [c for c in (*columns, *INTERNAL_COLUMNS) if c in raw.column_names]
-        values = [raw[c] for c in present]
-        for row in zip(*values):
-            yield dict(zip(present, row))
-
     def _check_structure(self, raw: Dataset, split: str, source: str) -> None:
         """Tokens are a non-empty list of strings; tags (when labelled) one per token."""
         tokens_col, tags_col = self.settings.text_column, self.settings.label_column
         labelled = split != "predict"
-        for row in self._rows(raw, [tokens_col] + ([tags_col] if labelled else [])):
+        for row in iter_rows(raw, [tokens_col] + ([tags_col] if labelled else [])):
             tokens = row[tokens_col]
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise DataError(f"{where(source, row)}: column '{tokens_col}' must be a list of token strings")
@@ -244,7 +238,7 @@ class TokenClassificationTask:
         """Every tag fits the scheme and was seen in training; with ``strict_tags`` every
         sequence is one the scheme allows."""
         tags_col, tokens_col = self.settings.label_column, self.settings.text_column
-        for row in self._rows(raw, [tokens_col, tags_col]):
+        for row in iter_rows(raw, [tokens_col, tags_col]):
             tags = self._tags_of(row[tags_col])
             for i, tag in enumerate(tags):
                 try:

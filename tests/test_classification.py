@@ -244,3 +244,22 @@ def test_mixed_precision_is_passed_to_accelerate(tiny_encoder, sentiment_files, 
     assert seen["mixed_precision"] == "bf16"
     assert result.global_step == 2
     assert fk.load(tmp_path / "m").predict(["good"])[0]["label"] in {"pos", "neg"}
+
+
+def test_head_learning_rate_moves_only_the_head(tiny_encoder, sentiment_files, tmp_path):
+    """One AdamW step moves each weight by about its learning rate: with the encoder at 1e-9 and
+    the head at 1e-2, the encoder stays where it was and the head moves."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name, head_lr in (("slow", 1e-9), ("fast", 1e-2)):
+        _train(tiny_encoder, sentiment_files, tmp_path / name, max_steps=1, learning_rate=1e-9,
+               head_learning_rate=head_lr, validation_file=None)
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+    original = load_file(Path(tiny_encoder) / "model.safetensors")
+    word_embeddings = next(k for k in original if k.endswith("word_embeddings.weight"))
+    for name in ("slow", "fast"):
+        moved = (weights[name][f"encoder.{word_embeddings}"] - original[word_embeddings]).abs().max()
+        assert float(moved) < 1e-6
+    head_moved = (weights["fast"]["classifier.weight"] - weights["slow"]["classifier.weight"]).abs().max()
+    assert 5e-3 < float(head_moved) < 2e-2

@@ -9,7 +9,7 @@ BASE = {"task": "text-classification", "model": "m", "output_dir": "out", "train
 
 def test_defaults_match_the_documented_recipe():
     config = load_config(**BASE)
-    assert (config.batch_size, config.learning_rate, config.max_length, config.seed) == (32, 5e-5, 128, 42)
+    assert (config.batch_size, config.learning_rate, config.max_length, config.seed) == (32, 5e-5, None, 42)
     assert config.group_by_length is True
 
 

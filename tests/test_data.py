@@ -1,3 +1,4 @@
+import json
 import time
 from pathlib import Path
 
@@ -165,3 +166,55 @@ def test_conll_with_only_tokens_reads_for_prediction(tmp_path: Path):
     path.write_text("hello\nworld\n\nbye\n", encoding="utf-8")
     ds = read_file(path)
     assert ds["tokens"] == [["hello", "world"], ["bye"]] and "tags" not in ds.column_names
+
+
+def test_squad_json_becomes_one_row_per_question(tmp_path: Path):
+    document = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is in France.", "qas": [
+            {"id": "a", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+            {"id": "b", "question": "Who?", "answers": [], "is_impossible": True,
+             "plausible_answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    ds = read_file(path)
+    assert ds["id"] == ["a", "b"] and ds["title"] == ["T", "T"]
+    assert ds["answers"] == [{"text": ["France"], "answer_start": [12]}, {"text": [], "answer_start": []}]
+    assert read_file(path, limit=1)["id"] == ["a"]
+    del document["data"][0]["paragraphs"][0]["qas"][0]["question"]
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(DataError, match=r"squad.json: data\[0\].paragraphs\[0\].qas\[0\]: 'question' is missing"):
+        read_file(path)
+
+
+def test_json_arrays_and_json_lines_under_a_json_name(tmp_path: Path):
+    array = tmp_path / "a.json"
+    array.write_text('[{"sentence": ["a"], "n": 1}, {"sentence": ["b"], "n": 2}]', encoding="utf-8")
+    ds = read_file(array)
+    assert ds["sentence"] == [["a"], ["b"]] and ds["_item"] == [1, 2]
+    array.write_text('[{"n": 1}, {"n": "x"}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"a.json item 2: column 'n' holds text, but item 1 holds a number"):
+        read_file(array)
+    lines = tmp_path / "l.json"
+    lines.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', encoding="utf-8")
+    assert read_file(lines)["_line"] == [1, 2]
+    broken = tmp_path / "b.json"
+    broken.write_text('{"text": "a",\n "label": }', encoding="utf-8")
+    with pytest.raises(DataError, match=r"b.json line 2: not valid JSON"):
+        read_file(broken)
+
+
+def test_validation_fraction_holds_out_the_last_rows(tmp_path: Path):
+    from finetune_kit.config import ConfigError, load_config
+    from finetune_kit.data import load_splits
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(10)), encoding="utf-8")
+    base = dict(task="text-classification", model="m", output_dir="o", train_file=str(path))
+    raw, sources = load_splits(load_config(**base, validation_fraction=0.2))
+    assert raw["train"]["text"] == [f"t{i}" for i in range(8)]
+    assert raw["validation"]["text"] == ["t8", "t9"]
+    assert sources["validation"] == f"{path} (last 2 rows)" and sources["train"] == f"{path} (first 8 rows)"
+    with pytest.raises(DataError, match="validation_fraction: a validation split is given too"):
+        load_splits(load_config(**base, validation_file=str(path), validation_fraction=0.2))
+    with pytest.raises(ConfigError, match=r"validation_fraction: 1.5 is not allowed; it must be in \(0, 1\)"):
+        load_config(**base, validation_fraction=1.5)

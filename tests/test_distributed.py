@@ -57,3 +57,31 @@ def test_two_processes_evaluate_tagging_like_one(tiny_encoder, tmp_path):
     single = fk.evaluate(out, dev, tmp_path / "single", batch_size=2)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert single == validation
+
+
+def test_two_processes_evaluate_qa_like_one(tiny_encoder, tmp_path):
+    """Windows of one question spread over processes, and the no-answer threshold tuned on the
+    gathered validation predictions: the same as one process."""
+    from tests.test_question_answering import toy_squad, write_squad
+
+    data = write_squad(tmp_path / "toy.json", toy_squad(unanswerable=True))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+               "-m", "finetune_kit.cli", "train", "--task", "question-answering", "--model", tiny_encoder,
+               "--train", str(data), "--validation", str(data), "--output", str(out), "--epochs", "1",
+               "--batch-size", "4", "--eval-batch-size", "5", "--max-length", "16"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    validation = json.loads((out / "metrics.json").read_text())["validation"]
+    assert validation["num_questions"] == 36
+    single = fk.evaluate(out, data, tmp_path / "single", batch_size=5)
+    assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
+    assert rounded(single) == rounded(validation)
+
+
+def rounded(value, places=5):
+    """Nested metrics with floats rounded: batches of other sizes change the last digits."""
+    if isinstance(value, dict):
+        return {k: rounded(v, places) for k, v in value.items()}
+    return round(value, places) if isinstance(value, float) else value

@@ -68,3 +68,74 @@ def test_wnut17_one_epoch_with_crf_learns(tmp_path):
     [out] = fk.load(tmp_path / "m").predict(["I saw Taylor Swift in New York yesterday"])
     type_of_word = {i: e["type"] for e in out["entities"] for i in range(e["start"], e["end"])}
     assert type_of_word.get(2) == "person" and type_of_word.get(5) == "location"  # Taylor, New
+
+
+SQUAD = SHARED_DATA / "squad_v1.1" / "dev-v1.1.json"
+SQUAD2 = SHARED_DATA / "squad_v2.0" / "dev-v2.0.subset-5articles.json"
+
+
+def test_squad_files_read_completely():
+    assert len(read_file(SQUAD)) == 10570  # SOURCE.md
+    v2 = read_file(SQUAD2)
+    unanswerable = sum(not a["text"] for a in v2["answers"])
+    assert (len(v2), unanswerable) == (1407, 702)
+
+
+@needs_encoder
+def test_squad_training_labels_decode_back_to_the_gold_answers():
+    """Every question of SQuAD v1.1 dev, windowed at 384/128 with the packaged tokenizer: the
+    token span a window is trained on covers exactly the gold answer's characters (or the whole
+    words around it, where the answer ends inside a token), and every question has a window
+    that holds its answer."""
+    from datasets import DatasetDict
+    from finetune_kit_tasks.question_answering import QuestionAnsweringTask
+
+    from finetune_kit.api import task_settings
+    from finetune_kit.modeling import load_tokenizer
+    from finetune_kit.trainer import prepare_features
+
+    raw = read_file(SQUAD)
+    task = QuestionAnsweringTask(task_settings({}, QuestionAnsweringTask))
+    task.setup(DatasetDict(train=raw), load_tokenizer("sentence-transformers/all-MiniLM-L6-v2"), {"train": str(SQUAD)})
+    features = prepare_features(task, raw, "train")
+    answers = raw["answers"]
+    exact, covering, answered = 0, 0, set()
+    for example, offsets, start, end in zip(features["example_index"], features["offsets"],
+                                            features["start_positions"], features["end_positions"]):
+        if start == end == 0:
+            continue
+        answered.add(example)
+        text, first = answers[example]["text"][0], answers[example]["answer_start"][0]
+        span = (offsets[start][0], offsets[end][1])
+        assert span[0] <= first and first + len(text) <= span[1]
+        exact += span == (first, first + len(text))
+        covering += 1
+    assert len(answered) == len(raw)
+    assert exact / covering > 0.99
+
+
+GENIA = SHARED_DATA / "genia_nested"
+
+
+def test_genia_reads_completely_as_spans():
+    from finetune_kit.spans import read_spans
+
+    # counts from genia_nested/SOURCE.md
+    for name, sentences, tokens, entities in (("dev.json", 1669, 43419, 5365), ("test.json", 1854, 48179, 5506)):
+        raw = read_file(GENIA / name)
+        gold = [read_spans(v, len(t), "genia", name) for t, v in zip(raw["sentence"], raw["ner"])]
+        assert (len(raw), sum(map(len, raw["sentence"])), sum(map(len, gold))) == (sentences, tokens, entities)
+
+
+@needs_encoder
+def test_genia_span_ner_one_epoch_finds_nested_entities(tmp_path):
+    result = fk.train(task="span-ner", model="sentence-transformers/all-MiniLM-L6-v2",
+                      train_file=str(GENIA / "dev.json"), validation_fraction=0.1, output_dir=str(tmp_path / "m"),
+                      epochs=1, batch_size=16)
+    validation = result.metrics["validation"]
+    assert validation["num_sentences"] == 167 and validation["num_gold_nested"] > 0
+    assert validation["f1"] > 0.4
+    predictions = fk.load(tmp_path / "m").predict_file(GENIA / "test.json")[:300]
+    nested = sum(1 for p in predictions for a in p["spans"] for b in p["spans"]
+                 if a != b and a["start"] <= b["start"] and b["end"] <= a["end"])
+    assert nested > 0  # entities inside entities, as GENIA has them

@@ -1,0 +1,441 @@
+"""``question-answering``: extractive QA, SQuAD v1.1 and v2.0.
+
+The question and the context are one sequence, ``[CLS] question [SEP] context [SEP]``; a context
+too long for ``max_length`` is cut into overlapping windows (``doc_stride`` tokens shared). A
+linear layer gives every token a start and an end score; an answer is the best span of context
+tokens over all the windows of a question, mapped back to character offsets, so it is always an
+exact substring of the context. For SQuAD v2.0 the [CLS] position stands for "no answer": a
+question gets no answer when ``null score - best span score > threshold``, and the threshold is
+tuned on the validation set after training and saved with the model.
+
+Task options (``-o key=value``):
+- ``doc_stride`` (a third of max_length: 128 at 384): tokens two consecutive windows share.
+- ``max_answer_length`` (30): the longest answer, in tokens.
+- ``n_best`` (20): start and end candidates per window, and answers kept per question.
+- ``max_query_length`` (a sixth of max_length: 64 at 384): questions are cut to this many tokens.
+- ``with_negatives`` (auto): whether questions may have no answer (SQuAD v2.0); auto: when the
+  training data has such questions.
+- ``skip_bad_answers`` (false): an answer that does not match its context at ``answer_start``
+  is left out and counted, instead of stopping with an error naming the question.
+- ``no_answer_threshold``: use this threshold instead of tuning one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+from transformers import DataCollatorWithPadding
+from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+from finetune_kit.alignment import char_span_to_tokens
+from finetune_kit.data import iter_rows, require_columns, where
+from finetune_kit.metrics import answer_scores, squad_metrics, tune_null_threshold
+from finetune_kit.modeling import atomic_write_text
+from finetune_kit.report import markdown_table
+from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPTIONS = {"doc_stride": None, "max_answer_length": 30, "n_best": 20, "max_query_length": None,
+           "with_negatives": "auto", "skip_bad_answers": False, "no_answer_threshold": None}
+
+
+class SpanExtractor(nn.Module):
+    """Encoder + a linear layer giving each token a start and an end score."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        config = encoder.config
+        self.encoder = encoder
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        nn.init.normal_(self.qa_outputs.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(
+        self, start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+        **inputs: torch.Tensor,
+    ) -> QuestionAnsweringModelOutput:
+        hidden = self.encoder(**inputs).last_hidden_state
+        start_logits, end_logits = self.qa_outputs(hidden).float().unbind(dim=-1)
+        padding = inputs["attention_mask"] == 0
+        start_logits = start_logits.masked_fill(padding, -1e4)
+        end_logits = end_logits.masked_fill(padding, -1e4)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (nn.functional.cross_entropy(start_logits, start_positions)
+                    + nn.functional.cross_entropy(end_logits, end_positions)) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+def answer_matches(context: str, text: str, start: int) -> bool:
+    return bool(text.strip()) and 0 <= start and context[start : start + len(text)] == text
+
+
+class QuestionAnsweringTask:
+    name: ClassVar[str] = "question-answering"
+    description: ClassVar[str] = ("Extractive QA (SQuAD v1.1/v2.0): answer spans over windowed contexts, "
+                                  "n-best search, tuned no-answer threshold")
+    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "text_pair_column", "label_column")
+    default_columns: ClassVar[dict[str, str]] = {"text_column": "question", "text_pair_column": "context",
+                                                 "label_column": "answers"}
+    default_file_format: ClassVar[str] = "json"
+    default_max_length: ClassVar[int] = 384
+    head_modules: ClassVar[tuple[str, ...]] = ("qa_outputs",)
+    default_metric: ClassVar[str] = "f1"
+    greater_is_better: ClassVar[bool] = True
+
+    def __init__(self, settings: TaskSettings) -> None:
+        unknown = set(settings.options) - set(OPTIONS)
+        if unknown:
+            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
+                            f"(known: {', '.join(sorted(OPTIONS))})")
+        self.settings = settings
+        options = {**OPTIONS, **settings.options}
+        # BERT's SQuAD settings (384 / 128 / 64), scaled to other lengths
+        if options["doc_stride"] is None:
+            options["doc_stride"] = settings.max_length // 3
+        if options["max_query_length"] is None:
+            options["max_query_length"] = settings.max_length // 6
+        for key in ("doc_stride", "max_answer_length", "n_best", "max_query_length"):
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "doc_stride" else 1):
+                raise TaskError(f"task_options.{key}: {value!r} is not allowed; give a whole number "
+                                f"{'>= 0' if key == 'doc_stride' else '>= 1'}")
+        if options["with_negatives"] not in ("auto", True, False):
+            raise TaskError(f"task_options.with_negatives: {options['with_negatives']!r} is not allowed; "
+                            f"give auto, true or false")
+        if not isinstance(options["skip_bad_answers"], bool):
+            raise TaskError(f"task_options.skip_bad_answers: {options['skip_bad_answers']!r} is not allowed; "
+                            f"give true or false")
+        fixed = options["no_answer_threshold"]
+        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float))):
+            raise TaskError(f"task_options.no_answer_threshold: {fixed!r} is not allowed; give a number")
+        self.options = options
+        self.with_negatives = False
+        self.threshold = float(fixed) if fixed is not None else 0.0
+        self.skipped_answers: dict[str, int] = {}  # file -> answers left out (skip_bad_answers)
+        self.tokenizer: Any = None
+
+    # -- columns and answers -----------------------------------------------------------------
+    @property
+    def _columns(self) -> tuple[str, str, str]:
+        s = self.settings
+        return s.text_column, s.text_pair_column, s.label_column
+
+    def _column_hints(self) -> dict[str, str]:
+        question, context, answers = self._columns
+        return {question: "--text-column", context: "--text-pair-column", answers: "--label-column"}
+
+    @staticmethod
+    def _where(source: str, row: dict[str, Any]) -> str:
+        location = where(source, row)
+        return f"{location} (question {row['id']})" if row.get("id") is not None else location
+
+    def _good_answers(self, row: dict[str, Any]) -> list[tuple[str, int]]:
+        """The (text, start) answers of a row that match its context (all of them, unless
+        ``skip_bad_answers`` let some bad ones through validation)."""
+        answers = row[self._columns[2]] or {"text": [], "answer_start": []}
+        context = row[self._columns[1]]
+        return [(t, s) for t, s in zip(answers["text"], answers["answer_start"]) if answer_matches(context, t, s)]
+
+    # -- setup and validation ------------------------------------------------------------------
+    def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
+        if "train" not in raw:
+            raise TaskError("no training split given")
+        self._set_tokenizer(tokenizer)
+        for split, ds in raw.items():
+            self.validate(ds, split, sources[split])
+        if self.options["with_negatives"] == "auto":
+            self.with_negatives = any(not answers["text"] for answers in raw["train"][self._columns[2]])
+        else:
+            self.with_negatives = bool(self.options["with_negatives"])
+
+    def validate(self, raw: Dataset, split: str, source: str) -> None:
+        if len(raw) == 0:
+            raise DataError(f"{source}: no examples")
+        question, context, answers = self._columns
+        labelled = split != "predict"
+        require_columns(raw, [question, context] + ([answers] if labelled else []), source, self._column_hints())
+        seen: dict[str, str] = {}
+        skipped = 0
+        for row in iter_rows(raw, ["id", question, context, *([answers] if labelled else [])]):
+            here = self._where(source, row)
+            for column in (question, context):
+                if not isinstance(row[column], str) or not row[column].strip():
+                    raise DataError(f"{here}: column '{column}' is empty or not text")
+            if row.get("id") is not None:
+                if str(row["id"]) in seen:
+                    raise DataError(f"{here}: question id '{row['id']}' appears twice (first: {seen[str(row['id'])]})")
+                seen[str(row["id"])] = here
+            if not labelled:
+                continue
+            gold = row[answers]
+            if not isinstance(gold, dict) or not isinstance(gold.get("text"), list) \
+                    or not isinstance(gold.get("answer_start"), list) or len(gold["text"]) != len(gold["answer_start"]):
+                raise DataError(f"{here}: column '{answers}' must be {{\"text\": [...], \"answer_start\": [...]}} "
+                                f"with one start per text")
+            for text, start in zip(gold["text"], gold["answer_start"]):
+                if answer_matches(row[context], text, start):
+                    continue
+                if self.options["skip_bad_answers"]:
+                    skipped += 1
+                    continue
+                found = row[context][start : start + len(text)] if isinstance(start, int) else ""
+                raise DataError(f"{here}: answer {text!r} does not match the context at {start} "
+                                f"(the context has {found!r} there); fix it or pass -o skip_bad_answers=true")
+        if skipped:
+            self.skipped_answers[source] = skipped
+
+    def _set_tokenizer(self, tokenizer: Any) -> None:
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        window = self.settings.max_length - self.options["max_query_length"] - specials
+        if self.options["doc_stride"] >= window:
+            raise TaskError(f"task_options.doc_stride: {self.options['doc_stride']} is not allowed; it must be "
+                            f"smaller than the context room of a window ({window} tokens: max_length "
+                            f"{self.settings.max_length} minus max_query_length {self.options['max_query_length']} "
+                            f"minus {specials} special tokens)")
+        self.tokenizer = tokenizer
+        self._collator = DataCollatorWithPadding(tokenizer)
+        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+        self._cls_id = tokenizer.cls_token_id
+
+    def state(self) -> dict[str, Any]:
+        return {"with_negatives": self.with_negatives, "no_answer_threshold": self.threshold,
+                "skipped_answers": self.skipped_answers}
+
+    def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        self.with_negatives = bool(state["with_negatives"])
+        fixed = self.options["no_answer_threshold"]
+        self.threshold = float(fixed) if fixed is not None else float(state["no_answer_threshold"])
+        self.skipped_answers = dict(state.get("skipped_answers") or {})
+        self._set_tokenizer(tokenizer)
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        return SpanExtractor(encoder)
+
+    # -- features ----------------------------------------------------------------------------
+    def _cut_questions(self, questions: list[str]) -> list[str]:
+        """Questions without leading space, cut to ``max_query_length`` tokens."""
+        questions = [q.lstrip() for q in questions]
+        limit = self.options["max_query_length"]
+        encoded = self.tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+        return [q if len(offsets) <= limit else q[: offsets[limit - 1][1]]
+                for q, offsets in zip(questions, encoded["offset_mapping"])]
+
+    def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """One feature per window: ids, which tokens are context and their character offsets,
+        where [CLS] is, and (with answers) the answer's token span or [CLS] when the answer is
+        not wholly inside the window."""
+        question_col, context_col, answers_col = self._columns
+        encoded = self.tokenizer(
+            self._cut_questions(batch[question_col]), batch[context_col], truncation="only_second",
+            max_length=self.settings.max_length, stride=self.options["doc_stride"],
+            return_overflowing_tokens=True, return_offsets_mapping=True,
+        )
+        labelled = split != "predict"
+        out: dict[str, list] = {k: [] for k in (*MODEL_INPUTS, "example_index", "offsets", "cls_index")
+                                if k in encoded or k not in MODEL_INPUTS}
+        if labelled:
+            out["start_positions"], out["end_positions"] = [], []
+        for f, k in enumerate(encoded["overflow_to_sample_mapping"]):
+            if labelled:
+                good = self._good_answers({context_col: batch[context_col][k], answers_col: batch[answers_col][k]})
+                if split == "train" and not good and batch[answers_col][k]["text"]:
+                    continue  # its answers were all skipped (skip_bad_answers): not a no-answer question
+            in_context = [s == 1 for s in encoded.sequence_ids(f)]
+            offsets = [tuple(o) if inside else (-1, -1) for o, inside in zip(encoded["offset_mapping"][f], in_context)]
+            ids = encoded["input_ids"][f]
+            cls_index = ids.index(self._cls_id) if self._cls_id in ids else 0
+            for key in MODEL_INPUTS:
+                if key in encoded:
+                    out[key].append(encoded[key][f])
+            out["example_index"].append(batch["_index"][k])
+            out["offsets"].append([list(o) for o in offsets])
+            out["cls_index"].append(cls_index)
+            if labelled:
+                span = None
+                if good:
+                    text, start = good[0]
+                    span = char_span_to_tokens(offsets, in_context, start, start + len(text))
+                out["start_positions"].append(span[0] if span else cls_index)
+                out["end_positions"].append(span[1] if span else cls_index)
+        return out
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        items = [{k: f[k] for k in (*MODEL_INPUTS, "start_positions", "end_positions") if k in f} for f in features]
+        return dict(self._collator(items))
+
+    def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        """Dicts with a question and a context (and optionally an id), or (question, context) pairs."""
+        question_col, context_col, _ = self._columns
+        rows = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, dict):
+                row = dict(item)
+            elif isinstance(item, (tuple, list)) and len(item) == 2:
+                row = {question_col: item[0], context_col: item[1]}
+            else:
+                raise TaskError(f"{self.name} predicts from {{'question': ..., 'context': ...}} dicts or "
+                                f"(question, context) pairs, not {item!r:.60}")
+            row.setdefault("id", str(i))
+            rows.append(row)
+        return rows
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _window_candidates(self, start_logits: np.ndarray, end_logits: np.ndarray,
+                           offsets: list[list[int]]) -> list[tuple[float, int, int]]:
+        """(score, first char, end char) of the best spans of context tokens in one window."""
+        context = np.array([o[0] >= 0 for o in offsets])
+        n = len(offsets)
+        starts = np.where(context, start_logits[:n], -np.inf)
+        ends = np.where(context, end_logits[:n], -np.inf)
+        n_best = self.options["n_best"]
+        top_starts = np.argsort(-starts)[:n_best]
+        top_ends = np.argsort(-ends)[:n_best]
+        candidates = []
+        for i in top_starts:
+            if not context[i]:
+                continue
+            for j in top_ends:
+                if context[j] and i <= j < i + self.options["max_answer_length"]:
+                    candidates.append((float(starts[i] + ends[j]), offsets[i][0], offsets[j][1]))
+        return heapq.nlargest(n_best, candidates)
+
+    def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
+        """Stream the windows' scores into per-question n-best lists; a question is decided as soon
+        as all its windows are in, so no more than a few questions' candidates are ever held."""
+        contexts, ids = raw[self._columns[1]], raw["id"] if "id" in raw.column_names else None
+        example_of = np.asarray(features["example_index"])
+        pending = np.bincount(example_of, minlength=len(raw))
+        windows = features.select_columns(["offsets", "cls_index"])
+        candidates: dict[int, list[tuple[float, int, int]]] = {}
+        null_scores: dict[int, float] = {}
+        results: list[dict[str, Any] | None] = [None] * len(raw)
+        for indices, arrays in outputs:
+            rows = windows[indices.tolist()]
+            for r, feature in enumerate(indices.tolist()):
+                example = int(example_of[feature])
+                start_logits, end_logits = arrays["start_logits"][r], arrays["end_logits"][r]
+                found = self._window_candidates(start_logits, end_logits, rows["offsets"][r])
+                candidates[example] = heapq.nlargest(self.options["n_best"], candidates.get(example, []) + found)
+                cls = rows["cls_index"][r]
+                null = float(start_logits[cls] + end_logits[cls])
+                null_scores[example] = min(null, null_scores.get(example, np.inf))
+                pending[example] -= 1
+                if pending[example] == 0:
+                    question_id = str(ids[example]) if ids is not None else str(example)
+                    results[example] = self._decide(question_id, contexts[example], candidates.pop(example),
+                                                    null_scores.pop(example))
+        return results  # type: ignore[return-value]
+
+    def _decide(self, question_id: str, context: str, found: list[tuple[float, int, int]],
+                null_score: float) -> dict[str, Any]:
+        """The answer (or none) from a question's candidates, and its n-best list with
+        probabilities (a softmax over the candidates, and the null answer for v2.0)."""
+        unique: dict[tuple[int, int], float] = {}
+        for score, start, end in found:
+            unique[(start, end)] = max(score, unique.get((start, end), -np.inf))
+        ranked = sorted(unique.items(), key=lambda item: -item[1])
+        scores = np.array([s for _, s in ranked] + ([null_score] if self.with_negatives else []), dtype=np.float64)
+        probabilities = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(scores) else scores
+        nbest = [{"text": context[s:e], "start": s, "end": e, "score": score, "probability": float(p)}
+                 for ((s, e), score), p in zip(ranked, probabilities)]
+        if self.with_negatives:
+            nbest.append({"text": "", "start": -1, "end": -1, "score": null_score,
+                          "probability": float(probabilities[-1])})
+            nbest.sort(key=lambda c: -c["score"])
+        best = next((c for c in nbest if c["start"] >= 0), None)
+        best_text = best["text"] if best else ""
+        prediction: dict[str, Any] = {"id": question_id, "answer": best_text, "score": best["score"] if best else None,
+                                      "start": best["start"] if best else -1, "end": best["end"] if best else -1}
+        if self.with_negatives:
+            diff = null_score - best["score"] if best else float("inf")
+            prediction["null_score_diff"] = diff
+            if diff > self.threshold:
+                prediction.update(answer="", start=-1, end=-1)
+            prediction["best_span"] = best_text
+        prediction["nbest"] = nbest
+        return prediction
+
+    def _answer_at(self, prediction: dict[str, Any], threshold: float) -> str:
+        if not self.with_negatives:
+            return prediction["answer"]
+        return "" if prediction["null_score_diff"] > threshold else prediction["best_span"]
+
+    def _golds(self, raw: Dataset) -> list[list[str]]:
+        return [list(answers["text"]) for answers in raw[self._columns[2]]]
+
+    def _best_threshold(self, predictions: list[dict[str, Any]], golds: list[list[str]]) -> tuple[float, float]:
+        """The no-answer threshold that maximises F1 on these predictions, and that F1."""
+        span_f1 = [answer_scores(p["best_span"], g)[1] for p, g in zip(predictions, golds)]
+        null_f1 = [answer_scores("", g)[1] for g in golds]
+        return tune_null_threshold([p["null_score_diff"] for p in predictions], span_f1, null_f1)
+
+    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> None:
+        """Tune the no-answer threshold on the validation predictions (SQuAD v2.0 only)."""
+        if self.with_negatives and self.options["no_answer_threshold"] is None:
+            self.threshold, _ = self._best_threshold(predictions, self._golds(raw))
+
+    def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        golds = self._golds(raw)
+        metrics = squad_metrics([self._answer_at(p, self.threshold) for p in predictions], golds)
+        if self.with_negatives:
+            metrics["no_answer_threshold"] = self.threshold
+            metrics["at_threshold_0"] = squad_metrics([self._answer_at(p, 0.0) for p in predictions], golds)
+            # the official script's best_f1: the F1 this split would give at its own best threshold
+            metrics["best_f1_threshold"], metrics["best_f1"] = self._best_threshold(predictions, golds)
+        bad = sum(len(a["text"]) for a in raw[self._columns[2]]) - sum(
+            len(self._good_answers(row)) for row in iter_rows(raw, self._columns))
+        if bad:
+            metrics["answers_not_matching_context"] = bad
+        return metrics
+
+    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+        def figures(m: dict[str, Any]) -> list[Any]:
+            return [m["exact_match"], m["f1"], *[m.get(f"{g}_{k}", "") for g in ("HasAns", "NoAns")
+                                                 for k in ("exact_match", "f1")]]
+
+        if "at_threshold_0" not in metrics:
+            rows = [["exact match", metrics["exact_match"]], ["F1", metrics["f1"]],
+                    ["questions", metrics["num_questions"]]]
+            rows += [[k.replace("_", " "), metrics[k]] for k in ("loss",) if k in metrics]
+            return "\n\n".join([f"## {title}", markdown_table(["metric", "value"], rows),
+                                *self._skipped_notes(metrics)])
+        header = ["no-answer threshold", "EM", "F1", "HasAns EM", "HasAns F1", "NoAns EM", "NoAns F1"]
+        rows = [[0.0, *figures(metrics["at_threshold_0"])],
+                [f"{metrics['no_answer_threshold']:.4f} (tuned on validation, saved)", *figures(metrics)]]
+        notes = [f"Questions: {metrics['num_questions']} ({metrics.get('HasAns_total', 0)} answerable, "
+                 f"{metrics.get('NoAns_total', 0)} unanswerable). The best threshold on this split alone would be "
+                 f"{metrics['best_f1_threshold']:.4f} (F1 {metrics['best_f1']:.4f})."]
+        if "loss" in metrics:
+            notes.append(f"Loss: {metrics['loss']:.4f}.")
+        notes += self._skipped_notes(metrics)
+        return "\n\n".join([f"## {title}", markdown_table(header, rows), " ".join(notes)])
+
+    def _skipped_notes(self, metrics: dict[str, Any]) -> list[str]:
+        notes = []
+        if "answers_not_matching_context" in metrics:
+            notes.append(f"Gold answers here not matching their context: {metrics['answers_not_matching_context']}.")
+        if self.skipped_answers:
+            notes.append("Answers left out of training and evaluation files (skip_bad_answers): "
+                         + ", ".join(f"{source}: {n}" for source, n in self.skipped_answers.items()) + ".")
+        return notes
+
+    def write_predictions(self, predictions: list[dict[str, Any]], path: Path) -> list[Path]:
+        """The official format, ``{question_id: answer}`` ("" for no answer), at ``path``, and the
+        n-best lists as JSON Lines beside it (``<name>.nbest.jsonl``)."""
+        path = Path(path)
+        nbest_path = path.with_name(path.stem + ".nbest.jsonl")
+        atomic_write_text(nbest_path, "".join(json.dumps({"id": p["id"], "nbest": p["nbest"]}, ensure_ascii=False)
+                                              + "\n" for p in predictions))
+        atomic_write_text(path, json.dumps({p["id"]: p["answer"] for p in predictions}, ensure_ascii=False, indent=1)
+                          + "\n")
+        return [path, nbest_path]
