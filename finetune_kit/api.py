@@ -6,6 +6,7 @@ the command line does.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
+from torch import nn
+from transformers import AutoConfig
 
+from .adapters import AdapterError, apply_lora, freeze, is_peft_model, load_adapter, merge_adapter
+from .checkpoints import find_resume_checkpoint, list_checkpoints
 from .config import TrainConfig, load_config
 from .data import load_splits, read_file
+from .hub import HubUnreachableError
 from .modeling import (
     MANIFEST,
+    WEIGHTS,
     Manifest,
+    ModelDirError,
     count_parameters,
     encoder_from_config,
     load_encoder,
@@ -104,15 +112,62 @@ def evaluate_raw(
     return metrics, predictions
 
 
+def adapt_model(model: nn.Module, encoder: nn.Module, config: TrainConfig, task: Task) -> nn.Module:
+    """Apply the run's freezing and LoRA settings to a newly built task model."""
+    freeze(model, encoder, config.freeze_embeddings, config.train_top_layers)
+    if not config.lora:
+        return model
+    heads = [*task.head_modules, *(["pooler"] if uses_pooler(task) else [])]
+    return apply_lora(model, encoder, heads, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, top_layers=config.train_top_layers,
+                      base_model=config.model)
+
+
+def reload_saved_weights(accelerator: Accelerator, prepared: nn.Module, model_dir: Path) -> None:
+    """Put the saved (best) weights back into the prepared model on every process.
+
+    Under FSDP the prepared model's parameters are shards, so the full weights are read on the
+    main process and scattered by torch's distributed state-dict API; elsewhere every process
+    loads the file into its unwrapped model.
+    """
+    unwrapped = accelerator.unwrap_model(prepared)
+    if accelerator.distributed_type != DistributedType.FSDP or is_peft_model(unwrapped):
+        load_weights(unwrapped, model_dir)
+        return
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = load_file(model_dir / WEIGHTS) if accelerator.is_main_process else {}
+    set_model_state_dict(prepared, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def describe_adaptation(config: TrainConfig) -> str:
+    parts = [f"LoRA r={config.lora_r} alpha={config.lora_alpha:g}" if config.lora else "full fine-tuning"]
+    if config.train_top_layers is not None:
+        parts.append(f"top {config.train_top_layers} layer(s)")
+    elif config.freeze_embeddings:
+        parts.append("embeddings frozen")
+    return ", ".join(parts)
+
+
 def _check_output_dir(config: TrainConfig) -> None:
+    """A fresh run must not mix with an earlier one; a resumed run continues the model and
+    checkpoints already there."""
     out = Path(config.output_dir)
-    if (out / MANIFEST).exists() and not config.overwrite:
-        raise OutputDirError(
-            f"output_dir: {out} already holds a trained model; choose another directory or pass "
-            f"--overwrite (overwrite=true)"
-        )
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output_dir: {out} exists and is not a directory")
+    if config.overwrite or config.resume or config.resume_from:
+        return
+    if (out / MANIFEST).exists():
+        raise OutputDirError(
+            f"output_dir: {out} already holds a trained model; choose another directory, pass "
+            f"--overwrite (overwrite=true), or --resume (resume=true) to continue its run from a checkpoint"
+        )
+    if list_checkpoints(out):
+        raise OutputDirError(
+            f"output_dir: {out} holds checkpoints of an earlier run; pass --resume (resume=true) to continue it "
+            f"or --overwrite (overwrite=true) to start over"
+        )
 
 
 def train(config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None, **settings: Any) -> TrainResult:
@@ -137,28 +192,36 @@ def run_training(config: TrainConfig) -> TrainResult:
     )
     console = Console(stderr=True, quiet=not accelerator.is_main_process)
     _check_output_dir(config)
+    resume_from = find_resume_checkpoint(config, accelerator.num_processes)
+    if resume_from is not None:
+        console.print(f"Resuming from {resume_from}", soft_wrap=True)
 
     # Everything that can fail on bad input happens before anything is written.
     task_class = get_task_class(config.task)
     task = task_class(task_settings(config.to_dict(), task_class))
-    raw, sources = load_splits(config, file_format_fallback(task))
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    with accelerator.main_process_first():  # one process fills the datasets / hub caches first
+        raw, sources = load_splits(config, file_format_fallback(task))
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     task.setup(raw, tokenizer, sources)
     features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
 
     set_seed(config.seed)
     encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=uses_pooler(task))
-    model = task.build_model(encoder)
+    model = adapt_model(task.build_model(encoder), encoder, config, task)
     trainable, total = count_parameters(model)
-    console.print(f"[bold]{config.task}[/] on {config.model}: {trainable:,} trainable of {total:,} parameters; "
-                  f"{len(raw['train']):,} training examples")
+    console.print(f"[bold]{config.task}[/] on {config.model}: {trainable:,} trainable of {total:,} parameters "
+                  f"({describe_adaptation(config)}); {len(raw['train']):,} training examples")
 
     output_dir = Path(config.output_dir)
     manifest = Manifest(task=config.task, task_state=task.state(), config=config.to_dict(),
                         base_model=config.model, versions=package_versions())
 
-    def save_best(unwrapped: Any) -> None:
-        save_model_dir(output_dir, unwrapped, tokenizer, encoder.config, manifest)
+    def save_best(prepared: Any) -> None:
+        accelerator.wait_for_everyone()
+        state = accelerator.get_state_dict(prepared)  # collective under FSDP / DeepSpeed ZeRO-3
+        if accelerator.is_main_process:
+            save_model_dir(output_dir, accelerator.unwrap_model(prepared), tokenizer, encoder.config, manifest, state)
+        accelerator.wait_for_everyone()
 
     evaluate_validation = None
     if "validation" in raw:
@@ -168,12 +231,12 @@ def run_training(config: TrainConfig) -> TrainResult:
             return metrics
 
     trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
-                      output_dir / "train_log.jsonl")
+                      output_dir / "train_log.jsonl", resume_from=resume_from)
     state = trainer.train()
 
     # Final figures come from the weights as saved, so they are what load() will reproduce.
     accelerator.wait_for_everyone()
-    load_weights(accelerator.unwrap_model(trainer.model), output_dir)
+    reload_saved_weights(accelerator, trainer.model, output_dir)
     metrics: dict[str, dict[str, Any]] = {}
     for split in ("validation", "test"):
         if split in raw:
@@ -212,12 +275,51 @@ class Predictor:
         trust = bool(config.get("trust_remote_code", False))
         self.tokenizer = load_tokenizer(str(self.model_dir), trust)
         self.task.load_state(self.manifest.task_state, self.tokenizer)
-        encoder = encoder_from_config(self.model_dir, trust, keep_pooler=uses_pooler(self.task))
-        self.model = self.task.build_model(encoder)
-        load_weights(self.model, self.model_dir)
+        self.model = self._saved_model(trust)
         self.accelerator = new_accelerator()
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
         self.model.eval()
+
+    @property
+    def is_adapter(self) -> bool:
+        return bool(self.config.get("lora"))
+
+    def _saved_model(self, trust: bool) -> nn.Module:
+        """The trained model: full weights, or the base encoder's pretrained weights with the
+        saved LoRA adapter and heads."""
+        keep_pooler = uses_pooler(self.task)
+        if not self.is_adapter:
+            model = self.task.build_model(encoder_from_config(self.model_dir, trust, keep_pooler=keep_pooler))
+            load_weights(model, self.model_dir)
+            return model
+        base = self.manifest.base_model
+        try:
+            encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
+        except (OSError, HubUnreachableError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelDirError(f"{self.model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
+                                f"loaded ({reason})") from None
+        try:
+            return load_adapter(self.task.build_model(encoder), self.model_dir)
+        except AdapterError as exc:
+            raise ModelDirError(str(exc)) from None
+
+    def export(self, output_dir: str | Path, merge: bool = False) -> Path:
+        """Write a self-contained model directory that loads without peft: the LoRA updates
+        merged into the encoder (``merge``), or a copy of full weights."""
+        output_dir = Path(output_dir)
+        if self.is_adapter and not merge:
+            raise ModelDirError(f"{self.model_dir}: holds a LoRA adapter; pass --merge (merge=True) to export it "
+                                "merged into the encoder")
+        if (output_dir / MANIFEST).exists():
+            raise OutputDirError(f"{output_dir}: already holds a model; choose another directory")
+        model = self.accelerator.unwrap_model(self.model)
+        model = merge_adapter(copy.deepcopy(model)) if self.is_adapter else model
+        config = {**self.manifest.config, "lora": False}
+        manifest = Manifest(task=self.manifest.task, task_state=self.manifest.task_state, config=config,
+                            base_model=self.manifest.base_model, versions=package_versions())
+        save_model_dir(output_dir, model, self.tokenizer, AutoConfig.from_pretrained(self.model_dir), manifest)
+        return output_dir
 
     @property
     def labels(self) -> list[str] | None:
@@ -247,6 +349,14 @@ class Predictor:
         features = prepare_features(self.task, raw, "test")
         metrics, _ = evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
         return metrics
+
+
+def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False) -> Path:
+    """Write ``model_dir`` as a self-contained model that loads without peft (see ``Predictor.export``)."""
+    if read_manifest(model_dir).config.get("lora") and not merge:
+        raise ModelDirError(f"{model_dir}: holds a LoRA adapter; pass --merge (merge=True) to export it merged "
+                            "into the encoder")
+    return load(model_dir).export(output_dir, merge=merge)
 
 
 def load(model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> Predictor:

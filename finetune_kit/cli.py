@@ -1,4 +1,4 @@
-"""The ``finetune-kit`` command line: train, evaluate, predict, tasks, demo.
+"""The ``finetune-kit`` command line: train, evaluate, predict, export, tasks, demo.
 
 Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 """
@@ -21,13 +21,14 @@ app = typer.Typer(
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .adapters import AdapterError
     from .api import OutputDirError
     from .config import ConfigError
     from .hub import HubUnreachableError
     from .modeling import ModelDirError
     from .task import DataError, TaskError
 
-    return (ConfigError, DataError, TaskError, HubUnreachableError, ModelDirError, OutputDirError)
+    return (AdapterError, ConfigError, DataError, TaskError, HubUnreachableError, ModelDirError, OutputDirError)
 
 
 def _fail(message: str) -> None:
@@ -43,6 +44,13 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc))
 
 
+def _main_process() -> bool:
+    """False in the other processes of an ``accelerate launch`` run, so messages print once."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def _quiet_libraries() -> None:
     import datasets
     import transformers
@@ -50,6 +58,10 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 @app.command()
@@ -80,6 +92,16 @@ def train(
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: 5e-5)."),
     head_learning_rate: Optional[float] = typer.Option(
         None, help="Peak learning rate of the task head (default: the task's, else --learning-rate)."),
+    lora: Optional[bool] = typer.Option(None, "--lora", help="Train LoRA adapters in the encoder; the head trains fully."),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha; updates scale by alpha/r (default: 16)."),
+    lora_dropout: Optional[float] = typer.Option(None, help="Dropout on the LoRA input (default: 0.1)."),
+    lora_target_modules: Optional[str] = typer.Option(
+        None, help="Comma-separated linear layer names for LoRA, e.g. query,value (default: every linear "
+                   "layer of the transformer blocks)."),
+    freeze_embeddings: Optional[bool] = typer.Option(None, "--freeze-embeddings", help="Keep the embeddings frozen."),
+    train_top_layers: Optional[int] = typer.Option(
+        None, help="Train only the top K encoder layers and the head (default: all; 0: the head alone)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
     warmup_ratio: Optional[float] = typer.Option(None, help="Share of steps for linear warm-up (default: 0)."),
     gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Batches per optimizer step (default: 1)."),
@@ -90,6 +112,14 @@ def train(
     eval_steps: Optional[int] = typer.Option(None, help="Also evaluate every N optimizer steps."),
     metric_for_best: Optional[str] = typer.Option(None, help="Metric that picks the best checkpoint."),
     early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after N evaluations without improvement."),
+    save_steps: Optional[int] = typer.Option(
+        None, help="Also write a checkpoint every N optimizer steps (default: after each epoch only)."),
+    save_total_limit: Optional[int] = typer.Option(
+        None, help="Keep the N newest checkpoints in OUTPUT/checkpoints; 0 writes none (default: 1)."),
+    resume: Optional[bool] = typer.Option(
+        None, "--resume", help="Continue the run from the latest complete checkpoint in --output."),
+    resume_from: Optional[str] = typer.Option(
+        None, metavar="DIR", help="Continue the run from this checkpoint folder (OUTPUT/checkpoints/step-N)."),
     group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
                                                    help="Batch examples of similar length (default: on)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a model already in --output."),
@@ -126,16 +156,21 @@ def train(
         "validation_fraction": validation_fraction, "epochs": epochs,
         "max_steps": max_steps, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
         "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "weight_decay": weight_decay,
+        "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+        "lora_target_modules": _comma_list(lora_target_modules), "freeze_embeddings": freeze_embeddings,
+        "train_top_layers": train_top_layers,
         "warmup_ratio": warmup_ratio,
         "gradient_accumulation_steps": gradient_accumulation_steps, "max_grad_norm": max_grad_norm,
         "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
         "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
+        "save_steps": save_steps, "save_total_limit": save_total_limit, "resume": resume, "resume_from": resume_from,
         "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
         "task_options": task_options or None,
     }.items() if v is not None}
     _quiet_libraries()
     result = _run(run_train, config_path, args, **settings)
-    typer.echo(f"Model, metrics.json and report.md written to {result.output_dir}")
+    if _main_process():
+        typer.echo(f"Model, metrics.json and report.md written to {result.output_dir}")
 
 
 @app.command()
@@ -188,6 +223,20 @@ def predict(
         atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
         paths = [output]
     typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A trained model directory."),
+    output: Path = typer.Option(..., "--output", help="Directory for the exported model."),
+    merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the encoder's weights."),
+) -> None:
+    """Write a self-contained model directory that loads without peft (LoRA merged with --merge)."""
+    from .api import export as run_export
+
+    _quiet_libraries()
+    written = _run(run_export, model_dir, output, merge=merge)
+    typer.echo(f"Model written to {written}")
 
 
 @app.command("tasks")

@@ -72,6 +72,21 @@ class TrainConfig:
     # Peak learning rate of the task's head modules (None: the task's default, else learning_rate);
     # new heads often want more than a pretrained encoder.
     head_learning_rate: float | None = None
+    # Train LoRA adapters (peft) in the encoder instead of all its weights; the task's head
+    # modules train fully and are saved with the adapter.
+    lora: bool = False
+    # LoRA rank, scaling numerator (updates are scaled by lora_alpha / lora_r) and dropout.
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    # Linear layers that get adapters, by module name (e.g. [query, value]); None: every linear
+    # layer of the encoder's transformer blocks (attention projections and feed-forward).
+    lora_target_modules: list[str] | None = None
+    # Keep the encoder's embedding layer frozen.
+    freeze_embeddings: bool = False
+    # Train only the top K transformer layers of the encoder (and the head); the layers below
+    # and the embeddings stay frozen. None: all layers; 0: the head alone.
+    train_top_layers: int | None = None
     # AdamW weight decay (not applied to biases and LayerNorm weights).
     weight_decay: float = 0.0
     # Share of the optimizer steps used for linear warm-up.
@@ -92,6 +107,15 @@ class TrainConfig:
     metric_for_best: str | None = None
     # Stop after this many evaluations without improvement (None: never).
     early_stopping_patience: int | None = None
+    # Also write a checkpoint every N optimizer steps (None: only after each epoch). A
+    # checkpoint holds what an exact resume needs: OUTPUT_DIR/checkpoints/step-N.
+    save_steps: int | None = None
+    # Keep the N newest checkpoints (0: write none).
+    save_total_limit: int = 1
+    # Continue the run from the latest complete checkpoint in output_dir.
+    resume: bool = False
+    # Continue the run from this checkpoint folder (OUTPUT_DIR/checkpoints/step-N).
+    resume_from: str | None = None
     # Log the training loss every N optimizer steps.
     logging_steps: int = 20
     # Replace a model already in output_dir (otherwise that is an error).
@@ -127,10 +151,25 @@ def validate(config: TrainConfig) -> None:
         _check_type(f.name, getattr(config, f.name), hints[f.name])
     for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "head_learning_rate", "max_length",
                  "gradient_accumulation_steps", "logging_steps", "max_steps", "eval_steps",
-                 "max_train_samples", "early_stopping_patience"):
+                 "max_train_samples", "early_stopping_patience", "save_steps"):
         _positive(name, getattr(config, name))
+    if config.save_total_limit < 0:
+        raise ConfigError(f"save_total_limit: {config.save_total_limit!r} is not allowed; it must be >= 0")
+    if config.resume and config.resume_from:
+        raise ConfigError("resume_from: give either resume (the latest checkpoint in output_dir) or resume_from "
+                          "(one checkpoint folder), not both")
     if config.weight_decay < 0:
         raise ConfigError(f"weight_decay: {config.weight_decay!r} is not allowed; it must be >= 0")
+    for name in ("lora_r", "lora_alpha"):
+        _positive(name, getattr(config, name))
+    if not 0 <= config.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout: {config.lora_dropout!r} is not allowed; it must be in [0, 1)")
+    if config.lora_target_modules is not None and (
+            not config.lora_target_modules or not all(isinstance(m, str) and m for m in config.lora_target_modules)):
+        raise ConfigError(f"lora_target_modules: {config.lora_target_modules!r} is not allowed; "
+                          "expected a non-empty list of module names")
+    if config.train_top_layers is not None and config.train_top_layers < 0:
+        raise ConfigError(f"train_top_layers: {config.train_top_layers!r} is not allowed; it must be >= 0")
     if config.validation_fraction is not None and not 0 < config.validation_fraction < 1:
         raise ConfigError(f"validation_fraction: {config.validation_fraction!r} is not allowed; it must be in (0, 1)")
     if not 0 <= config.warmup_ratio < 1:
@@ -196,6 +235,8 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{key}: unknown setting{hint}")
     values = {key: _coerce_number(value, _field_types()[key]) for key, value in values.items()}
+    if isinstance(values.get("lora_target_modules"), str):  # "query,value" from YAML or key=value
+        values["lora_target_modules"] = [m.strip() for m in values["lora_target_modules"].split(",") if m.strip()]
     for required in ("task", "model", "output_dir"):
         if values.get(required) in (None, ""):
             raise ConfigError(f"{required}: missing; it is required")

@@ -47,6 +47,7 @@ def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, mode
         learning_rate=5e-5,
         warmup_ratio=0.1,
         overwrite=True,
+        save_total_limit=0,  # a demo run needs no checkpoint to resume from
     )
     console.rule("[bold]Predictions from the saved model")
     predictor = load(result.output_dir)

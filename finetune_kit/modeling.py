@@ -16,6 +16,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from .adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    AdapterError,
+    adapter_state,
+    is_peft_model,
+    load_adapter_weights,
+    save_adapter_config,
+)
 from .hub import require_hub
 
 MANIFEST = "finetune_kit.json"
@@ -140,24 +149,37 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_model_dir(
-    output_dir: str | Path, model: nn.Module, tokenizer: Any, encoder_config: Any, manifest: Manifest
+    output_dir: str | Path, model: nn.Module, tokenizer: Any, encoder_config: Any, manifest: Manifest,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """Save weights (safetensors), encoder config, tokenizer and the manifest.
 
+    A LoRA model saves its adapter and heads instead of full weights. ``state_dict`` is the
+    model's state when it had to be gathered across processes (FSDP, DeepSpeed ZeRO-3).
     Files are written into a temporary folder first and moved into place one by one, the
-    manifest last, so an interrupted save never leaves a manifest pointing at missing weights.
+    manifest last, so an interrupted save never leaves a manifest pointing at missing weights;
+    the weights of the other kind from an earlier run in the folder are removed after.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    state_dict = model.state_dict() if state_dict is None else state_dict
     with tempfile.TemporaryDirectory(prefix=".saving-", dir=output_dir) as tmp:
         tmp_dir = Path(tmp)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp_dir / WEIGHTS, metadata={"format": "pt"})
+        if is_peft_model(model):
+            weights, stale = ADAPTER_WEIGHTS, (WEIGHTS,)
+            state_dict = adapter_state(model, state_dict)
+            save_adapter_config(model, tmp_dir)
+        else:
+            weights, stale = WEIGHTS, (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+        save_file(state, tmp_dir / weights, metadata={"format": "pt"})
         encoder_config.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         for item in sorted(tmp_dir.iterdir(), key=lambda p: p.name == MANIFEST):
             os.replace(item, output_dir / item.name)
+    for name in stale:
+        (output_dir / name).unlink(missing_ok=True)
 
 
 def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
@@ -177,7 +199,14 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 
 
 def load_weights(model: nn.Module, model_dir: str | Path) -> None:
-    """Load saved weights strictly: a missing or extra tensor is an error, never a silent init."""
+    """Load saved weights strictly: a missing or extra tensor is an error, never a silent init.
+    A LoRA-wrapped model takes the directory's adapter and heads."""
+    if is_peft_model(model):
+        try:
+            load_adapter_weights(model, model_dir)
+        except AdapterError as exc:
+            raise ModelDirError(str(exc)) from None
+        return
     path = Path(model_dir) / WEIGHTS
     if not path.is_file():
         raise ModelDirError(f"{path}: weights file not found")
@@ -191,8 +220,7 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
+    """(trainable, total) parameter counts (peft's untrained copies of wrapped heads left out)."""
+    params = [p for name, p in model.named_parameters() if "original_module" not in name]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,16 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .batching import LengthGroupedBatchSampler, sorted_eval_batches
+from .checkpoints import (
+    check_settings,
+    read_checkpoint,
+    remove_checkpoints,
+    resume_option,
+    run_settings,
+    save_checkpoint,
+)
 from .config import TrainConfig
+from .modeling import atomic_write_text
 from .task import OutputBatch, Task
 
 FEATURE_INDEX = "_feature_index"
@@ -43,7 +54,24 @@ def new_accelerator(**kwargs: Any) -> Accelerator:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if _processes_left_apart(accelerator):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        accelerator = Accelerator(cpu=True, **kwargs)
+    return accelerator
+
+
+def _processes_left_apart(accelerator: Accelerator) -> bool:
+    """Whether the launcher started several processes that each run alone on a CPU.
+
+    ``accelerate launch --multi_gpu`` (torchrun) on a machine without GPUs starts the processes,
+    but Accelerate joins them (gloo) only when told to use the CPU (``ACCELERATE_USE_CPU``);
+    otherwise each would train its own copy and all would write the same files. Such a launch
+    can only mean CPU processes, so they are joined as such.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    return launched > 1 and accelerator.num_processes == 1 and accelerator.device.type == "cpu"
 
 
 def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
@@ -106,28 +134,47 @@ def stream_outputs(
     loader = accelerator.prepare_data_loader(loader)
     seen = np.zeros(len(features), dtype=bool)
     model.eval()
-    with torch.inference_mode():
+    # no_grad rather than inference_mode: FSDP's unsharded parameters made under inference mode
+    # cannot be used again by the training steps that follow an evaluation.
+    with torch.no_grad():
         for batch in loader:
             inputs, indices = split_model_inputs(batch)
             output = model(**inputs)
             tensors = _output_tensors(output)
-            if losses is not None and getattr(output, "loss", None) is not None:
-                count = torch.tensor(float(len(indices)), device=accelerator.device)
-                weighted = accelerator.gather(output.loss.detach().float() * count).sum()
-                losses.append(float(weighted) / max(1.0, float(accelerator.gather(count).sum())))
             if accelerator.num_processes > 1:
                 indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
                 tensors = {k: _pad_all_dims(accelerator, v) for k, v in tensors.items()}
                 indices = accelerator.gather(indices)
                 tensors = {k: accelerator.gather(v) for k, v in tensors.items()}
             index_array = indices.cpu().numpy()
-            keep = index_array >= 0
-            keep[keep] = ~seen[index_array[keep]]
+            keep = first_sightings(index_array, seen)
+            if losses is not None and getattr(output, "loss", None) is not None:
+                losses.extend(_batch_losses(accelerator, output.loss, keep))
             if not keep.any():
                 continue
             seen[index_array[keep]] = True
             arrays = {k: v.float().cpu().numpy()[keep] for k, v in tensors.items()}
             yield index_array[keep], arrays
+
+
+def first_sightings(indices: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mask of the gathered positions to keep: real features (not the -1 padding) that no
+    earlier batch held and no earlier position of this one holds (with fewer batches than
+    processes, two processes run the same batch at once)."""
+    keep = np.zeros(len(indices), dtype=bool)
+    real = np.flatnonzero(indices >= 0)
+    _, first = np.unique(indices[real], return_index=True)
+    firsts = real[first]
+    keep[firsts] = ~seen[indices[firsts]]
+    return keep
+
+
+def _batch_losses(accelerator: Accelerator, loss: torch.Tensor, keep: np.ndarray) -> list[float]:
+    """The loss of each process's batch, those that only repeat earlier features left out, so
+    that the mean over batches is the one a single process computes over the same batches."""
+    per_process = accelerator.gather(loss.detach().float().reshape(1)).cpu().tolist()
+    fresh = keep.reshape(len(per_process), -1).any(axis=1)
+    return [value for value, counted in zip(per_process, fresh) if counted]
 
 
 def _pad_all_dims(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
@@ -142,6 +189,17 @@ def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
     if config.head_learning_rate is not None:
         return config.head_learning_rate
     return getattr(task, "default_head_learning_rate", None)
+
+
+def give_deepspeed_the_batch_size(accelerator: Accelerator, batch_size: int) -> None:
+    """Under DeepSpeed, set its per-process batch size (unless its config sets one).
+
+    Accelerate reads it from the training loader's ``batch_size``, which a loader driven by a
+    batch sampler does not have (it is None), and would refuse to prepare the run.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
 
 
 def make_adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -174,14 +232,18 @@ class TrainState:
 
 
 class TrainingLog:
-    """JSON-lines log of training and evaluation events (main process only)."""
+    """JSON-lines log of training and evaluation events (main process only).
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    A fresh run starts it empty. A resumed run keeps the records up to its checkpoint's step;
+    those the interrupted run wrote after it are dropped, since the resumed run writes them again.
+    """
+
+    def __init__(self, path: Path, enabled: bool, resumed_at_step: int | None = None) -> None:
         self.path = path
         self.enabled = enabled
         if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("", encoding="utf-8")
+            kept = "" if resumed_at_step is None else log_lines_through(path, resumed_at_step)
+            atomic_write_text(path, kept)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -189,12 +251,32 @@ class TrainingLog:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def log_lines_through(path: Path, step: int) -> str:
+    """The records of a log up to ``step``, without a finished run's ``train_end`` record and
+    without a last line cut short by a crash."""
+    if not path.is_file():
+        return ""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") != "train_end" and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
 class Trainer:
     """Fine-tunes ``model`` on the train features and evaluates on the validation split.
 
     ``evaluate_split(name)`` must return the task metrics for a split; it is given by the
-    caller so the loop never knows how predictions are scored. ``save_best()`` is called on
-    the main process whenever the chosen metric improves.
+    caller so the loop never knows how predictions are scored. ``save_best(model)`` is called on
+    every process (gathering a sharded model's weights is collective) whenever the chosen
+    metric improves; it writes from the main process only.
+
+    With ``resume_from`` (a checkpoint folder), the run continues from that checkpoint exactly:
+    the same batches, dropout masks, updates and evaluations as if it had never stopped.
     """
 
     def __init__(
@@ -207,6 +289,7 @@ class Trainer:
         evaluate_split: Callable[[torch.nn.Module], dict[str, Any]] | None,
         save_best: Callable[[torch.nn.Module], None],
         log_path: Path,
+        resume_from: Path | None = None,
     ) -> None:
         self.config = config
         self.task = task
@@ -216,15 +299,30 @@ class Trainer:
         self.metric = config.metric_for_best or task.default_metric
         self.greater_is_better = task.greater_is_better if config.metric_for_best is None else not self.metric.endswith("loss")
         self.state = TrainState()
-        self.log = TrainingLog(log_path, accelerator.is_main_process)
+        self.running_loss, self.running_batches = 0.0, 0
+        self.output_dir = Path(config.output_dir)
+        self.settings = {**run_settings(config, accelerator.num_processes), "train_features": len(train_features)}
+        self.resume_from = resume_from
+        self.resumed = read_checkpoint(resume_from) if resume_from is not None else None
+        if self.resumed is not None:
+            check_settings(resume_from, self.resumed, {"train_features": len(train_features)}, resume_option(config))
+        elif accelerator.is_main_process:
+            remove_checkpoints(self.output_dir)  # an earlier run's: only there when overwriting it
+        self.log = TrainingLog(log_path, accelerator.is_main_process,
+                               resumed_at_step=self.resumed["step"] if self.resumed is not None else None)
 
         self.sampler = LengthGroupedBatchSampler(
             feature_lengths(train_features), config.batch_size, seed=config.seed,
             group_by_length=config.group_by_length,
         )
-        loader = DataLoader(train_features, batch_sampler=self.sampler, collate_fn=make_collate(task))
-        batches_per_epoch = len(loader)
-        self.steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.gradient_accumulation_steps))
+        # Its own generator: starting an epoch's iterator (or a resumed one that skips batches)
+        # must not draw from the global RNG, which the dropout masks come from.
+        loader = DataLoader(train_features, batch_sampler=self.sampler, collate_fn=make_collate(task),
+                            generator=torch.Generator().manual_seed(config.seed))
+        # Each process gets every num_processes-th batch (the last round evened out by Accelerate).
+        batches_per_epoch = math.ceil(len(loader) / accelerator.num_processes)
+        # Accelerate's count: a DeepSpeed config may set its own.
+        self.steps_per_epoch = max(1, math.ceil(batches_per_epoch / accelerator.gradient_accumulation_steps))
         if config.max_steps:
             self.total_steps = config.max_steps
         else:
@@ -236,6 +334,7 @@ class Trainer:
             num_warmup_steps=int(config.warmup_ratio * self.total_steps) * accelerator.num_processes,
             num_training_steps=self.total_steps * accelerator.num_processes,
         )
+        give_deepspeed_the_batch_size(accelerator, config.batch_size)
         self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler
         )
@@ -279,28 +378,67 @@ class Trainer:
             self.state.best_metric = float(value)
             self.state.best_step = self.state.global_step
             self.state.evaluations_without_improvement = 0
-            self.accelerator.wait_for_everyone()
-            if self.accelerator.is_main_process:
-                self.save_best(self.accelerator.unwrap_model(self.model))
-            self.accelerator.wait_for_everyone()
+            self.save_best(self.model)
         else:
             self.state.evaluations_without_improvement += 1
+        return self._patience_reached()
+
+    def _patience_reached(self) -> bool:
         patience = self.config.early_stopping_patience
         return patience is not None and self.state.evaluations_without_improvement >= patience
 
+    def _elapsed(self) -> float:
+        return self.state.train_runtime_s + time.perf_counter() - self._clock_started
+
+    @contextmanager
+    def _clock_paused(self) -> Iterator[None]:
+        """Evaluation and checkpointing do not count as training time."""
+        self.state.train_runtime_s += time.perf_counter() - self._clock_started
+        yield
+        self._clock_started = time.perf_counter()
+
+    def _epoch_batches(self, epoch: int, batches_done: int) -> Iterable[dict[str, Any]]:
+        """The batches of ``epoch`` after the first ``batches_done`` (those a resumed run has
+        trained on already); the order is a function of the seed and the epoch alone."""
+        self.loader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        if batches_done == 0:
+            return self.loader
+        return self.accelerator.skip_first_batches(self.loader, batches_done)
+
+    def _save_checkpoint(self, epoch: int, batches_done: int) -> None:
+        """Checkpoint at an optimizer-step boundary; training continues with batch
+        ``batches_done`` of ``epoch``."""
+        if not self.config.save_total_limit:
+            return
+        with self._clock_paused():
+            loop_state = {"step": self.state.global_step, "epoch": epoch, "batches_done": batches_done,
+                          "running_loss": self.running_loss, "running_batches": self.running_batches,
+                          "state": asdict(self.state), "settings": self.settings}
+            save_checkpoint(self.accelerator, self.output_dir, self.state.global_step, loop_state,
+                            keep=self.config.save_total_limit)
+
+    def _load_checkpoint(self) -> tuple[int, int]:
+        """Restore the model, optimizer, scheduler and every process's RNG states (Accelerate),
+        then the loop's own state; returns where the data continues (epoch, batches done)."""
+        self.accelerator.load_state(str(self.resume_from))
+        saved = self.resumed
+        self.state = TrainState(**saved["state"])
+        self.running_loss, self.running_batches = saved["running_loss"], saved["running_batches"]
+        return saved["epoch"], saved["batches_done"]
+
     def train(self) -> TrainState:
-        config, accelerator, state = self.config, self.accelerator, self.state
+        config, accelerator = self.config, self.accelerator
         set_seed(config.seed)
-        progress = tqdm(total=self.total_steps, desc="Training", disable=not accelerator.is_local_main_process,
-                        dynamic_ncols=True)
+        epoch, batches_done = self._load_checkpoint() if self.resumed is not None else (0, 0)
+        state = self.state
+        progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training",
+                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         self.model.train()
-        running_loss, running_batches = 0.0, 0
-        stop = False
-        epoch = 0
-        start = time.perf_counter()
+        stop = self._patience_reached()
+        self._clock_started = time.perf_counter()
         while not stop and state.global_step < self.total_steps:
-            self.sampler.set_epoch(epoch)
-            for step_in_epoch, batch in enumerate(self.loader):
+            for batch_index, batch in enumerate(self._epoch_batches(epoch, batches_done), start=batches_done):
                 inputs, _ = split_model_inputs(batch)
                 mask = inputs.get("attention_mask")
                 state.train_padded_tokens += int(inputs["input_ids"].numel()) * accelerator.num_processes
@@ -314,42 +452,41 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad()
-                running_loss += float(loss.detach())
-                running_batches += 1
+                self.running_loss += float(loss.detach())
+                self.running_batches += 1
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
-                state.epoch = epoch + (step_in_epoch + 1) / len(self.loader)
-                elapsed = state.train_runtime_s + time.perf_counter() - start
+                state.epoch = epoch + (batch_index + 1) / len(self.loader)
+                elapsed = self._elapsed()
                 progress.update(1)
-                progress.set_postfix(loss=f"{running_loss / running_batches:.4f}",
+                progress.set_postfix(loss=f"{self.running_loss / self.running_batches:.4f}",
                                      tok_s=f"{state.train_tokens / max(elapsed, 1e-9):.0f}")
                 if state.global_step % config.logging_steps == 0 or state.global_step == self.total_steps:
                     self.log.write({"event": "train", "step": state.global_step, "epoch": round(state.epoch, 4),
-                                    "loss": running_loss / running_batches,
+                                    "loss": self.running_loss / self.running_batches,
                                     "learning_rate": self.scheduler.get_last_lr()[0],
                                     "tokens_per_s": state.train_tokens / max(elapsed, 1e-9),
                                     "elapsed_s": elapsed})
-                    running_loss, running_batches = 0.0, 0
+                    self.running_loss, self.running_batches = 0.0, 0
                 if config.eval_steps and state.global_step % config.eval_steps == 0:
-                    state.train_runtime_s += time.perf_counter() - start
-                    stop = self._evaluate()
-                    start = time.perf_counter()
+                    with self._clock_paused():
+                        stop = self._evaluate()
                 if stop or state.global_step >= self.total_steps:
                     break
-            epoch += 1
+                if config.save_steps and state.global_step % config.save_steps == 0 \
+                        and batch_index + 1 < len(self.loader):  # the epoch's end has its own checkpoint
+                    self._save_checkpoint(epoch, batch_index + 1)
+            epoch, batches_done = epoch + 1, 0
             ended_epoch = state.global_step % self.steps_per_epoch == 0 or state.global_step >= self.total_steps
             if not stop and ended_epoch and not (config.eval_steps and state.global_step % config.eval_steps == 0):
-                state.train_runtime_s += time.perf_counter() - start
-                stop = self._evaluate()
-                start = time.perf_counter()
-        state.train_runtime_s += time.perf_counter() - start
+                with self._clock_paused():
+                    stop = self._evaluate()
+            self._save_checkpoint(epoch, 0)  # after each epoch, and the run's last state
+        state.train_runtime_s += time.perf_counter() - self._clock_started
         progress.close()
         if state.best_step is None:  # no validation data: the final weights are the model
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                self.save_best(accelerator.unwrap_model(self.model))
-            accelerator.wait_for_everyone()
+            self.save_best(self.model)
         self.log.write({"event": "train_end", "step": state.global_step, "epoch": round(state.epoch, 4),
                         "train_runtime_s": state.train_runtime_s, "train_tokens": state.train_tokens,
                         "train_padded_tokens": state.train_padded_tokens,

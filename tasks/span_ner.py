@@ -53,6 +53,7 @@ from finetune_kit.report import markdown_table, per_label_table
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
 from finetune_kit.tagging import detect_scheme
 from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit_tasks.text_classification import head_dropout
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 NULL = "NULL"
@@ -80,7 +81,7 @@ class SpanClassifier(nn.Module):
                  ffnn_dim: int = 150, width_dim: int = 20, null_weight: float = 1.0, null_sample: float = 1.0) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
-        dropout = getattr(encoder.config, "hidden_dropout_prob", None) or 0.1
+        dropout = head_dropout(encoder.config)
         self.encoder = encoder
         self.max_width = max_width
         self.word_pooling = word_pooling

@@ -39,6 +39,16 @@ def label_name(value: Any) -> str:
     return str(value).strip()
 
 
+def head_dropout(config: Any, default: float = 0.1) -> float:
+    """The dropout of a task head: the encoder's own (``hidden_dropout_prob`` in BERT-style
+    configs, ``dropout`` in DistilBERT's), else ``default``. An encoder set to 0 keeps 0."""
+    for name in ("hidden_dropout_prob", "dropout"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return float(value)
+    return default
+
+
 def sort_labels(names: Iterable[str]) -> list[str]:
     names = set(names)
     try:
@@ -55,7 +65,7 @@ class SequenceClassifier(nn.Module):
         config = encoder.config
         self.encoder = encoder
         self.pooling = pooling
-        self.dropout = nn.Dropout(getattr(config, "hidden_dropout_prob", None) or getattr(config, "dropout", 0.1))
+        self.dropout = nn.Dropout(head_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)

@@ -57,7 +57,7 @@ from finetune_kit.tagging import (
     transition_constraints,
 )
 from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
-from finetune_kit_tasks.text_classification import label_name
+from finetune_kit_tasks.text_classification import head_dropout, label_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTIONS = {"crf", "subword_labels", "scheme", "strict_tags", "stride"}
@@ -81,7 +81,7 @@ class TokenTagger(nn.Module):
         super().__init__()
         config = encoder.config
         self.encoder = encoder
-        self.dropout = nn.Dropout(getattr(config, "hidden_dropout_prob", None) or getattr(config, "dropout", 0.1))
+        self.dropout = nn.Dropout(head_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)

@@ -20,15 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def build_tiny_encoder(directory: Path, seed: int = 0) -> Path:
-    """Save a 2-layer, hidden-32 BERT with the fixture vocabulary to ``directory``."""
+def build_tiny_encoder(directory: Path, seed: int = 0, **config_overrides: object) -> Path:
+    """Save a 2-layer, hidden-32 BERT with the fixture vocabulary to ``directory``; keyword
+    arguments change its ``BertConfig`` (e.g. ``hidden_dropout_prob=0.0``)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     tokenizer = BertTokenizerFast(vocab=str(FIXTURES / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=256,
+        intermediate_size=64, max_position_embeddings=256, **config_overrides,
     )
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(directory)
