@@ -40,7 +40,8 @@ from .modeling import (
     write_manifest,
 )
 from .registry import get_task_class
-from .report import write_evaluation
+from .model_card import describe_data, write_model_card
+from .report import ReportSettings, split_report, write_evaluation
 from .task import Task, TaskSettings
 from .trainer import Trainer, new_accelerator, prepare_features, stream_outputs
 
@@ -238,10 +239,16 @@ def run_training(config: TrainConfig) -> TrainResult:
     accelerator.wait_for_everyone()
     reload_saved_weights(accelerator, trainer.model, output_dir)
     metrics: dict[str, dict[str, Any]] = {}
+    report_settings = ReportSettings(plots=config.report_plots, bootstrap_resamples=config.bootstrap_resamples,
+                                     seed=config.seed)
+    split_reports: dict[str, dict[str, Any]] = {}
     for split in ("validation", "test"):
         if split in raw:
-            metrics[split], _ = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
-                                             config.eval_batch_size, calibrate=split == "validation")
+            metrics[split], predictions = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
+                                                       config.eval_batch_size, calibrate=split == "validation")
+            if accelerator.is_main_process:  # from this split's predictions, before they are dropped
+                split_reports[split] = split_report(task, predictions, raw[split], metrics[split], report_settings)
+            del predictions
     if hasattr(task, "calibrate") and "validation" in raw:  # the tuned settings go with the weights
         manifest.task_state = task.state()
         if accelerator.is_main_process:
@@ -251,13 +258,26 @@ def run_training(config: TrainConfig) -> TrainResult:
                   **{f"{split}_data": src for split, src in sources.items()},
                   "optimizer_steps": state.global_step, "best_step": state.best_step,
                   "metric_for_best": trainer.metric}
-        write_evaluation(output_dir, task, metrics, header)
+        report = write_evaluation(output_dir, task, metrics, header, split_reports, output_dir / "train_log.jsonl",
+                                  report_settings)
+        write_model_card(output_dir, manifest, describe_training_data(config, task, raw, sources), report, metrics,
+                         {"step": state.global_step, "epoch": round(state.epoch, 4),
+                          "train_runtime_s": round(state.train_runtime_s, 1), "best_step": state.best_step,
+                          "metric_for_best": trainer.metric, "best_metric": state.best_metric})
         for split, split_metrics in metrics.items():
             console.print(task.write_report(split_metrics, split))
     accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, metrics=metrics, global_step=state.global_step,
                        train_runtime_s=state.train_runtime_s, train_tokens=state.train_tokens,
                        train_padded_tokens=state.train_padded_tokens, best_metric=state.best_metric)
+
+
+def describe_training_data(config: TrainConfig, task: Task, raw: Any, sources: dict[str, str]) -> list[dict[str, Any]]:
+    """The model card's account of the data: sources, sizes, hashes and label distributions
+    (``label_counts``, where the task has it)."""
+    counter = getattr(task, "label_counts", None)
+    counts = {split: counter(ds) for split, ds in raw.items()} if counter is not None else {}
+    return describe_data(config.to_dict(), sources, {split: len(ds) for split, ds in raw.items()}, counts)
 
 
 class Predictor:
@@ -345,10 +365,13 @@ class Predictor:
         return read_file(path, file_format, fallback_format=file_format_fallback(self.task))
 
     def evaluate_dataset(self, raw: Dataset, source: str) -> dict[str, Any]:
+        return self.evaluate_with_predictions(raw, source)[0]
+
+    def evaluate_with_predictions(self, raw: Dataset, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The metrics of a labelled dataset and the predictions they were computed from."""
         self.task.validate(raw, "test", source)
         features = prepare_features(self.task, raw, "test")
-        metrics, _ = evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
-        return metrics
+        return evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
 
 
 def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False) -> Path:
@@ -366,14 +389,24 @@ def load(model_dir: str | Path, batch_size: int = 64, **column_overrides: str | 
 
 def evaluate(
     model_dir: str | Path, data: str | Path, output: str | Path | None = None, file_format: str = "auto",
-    batch_size: int = 64, **column_overrides: str | None,
+    batch_size: int = 64, plots: bool = True, bootstrap_resamples: int = ReportSettings.bootstrap_resamples,
+    seed: int | None = None, **column_overrides: str | None,
 ) -> dict[str, Any]:
-    """Evaluate a saved model on a labelled file; writes metrics.json and report.md to ``output``
-    (default: ``MODEL_DIR/evaluation/<file name>``) and returns the metrics."""
+    """Evaluate a saved model on a labelled file; writes the report (metrics.json, report.json,
+    report.md, report.html, plots/) to ``output`` (default: ``MODEL_DIR/evaluation/<file name>``)
+    and returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
+    bootstrap's seed is the training run's unless ``seed`` is given."""
     predictor = load(model_dir, batch_size=batch_size, **column_overrides)
     raw = predictor.read_file(data, file_format)
-    metrics = predictor.evaluate_dataset(raw, str(data))
-    out = Path(output) if output else Path(model_dir) / "evaluation" / Path(data).stem
-    header = {"task": predictor.manifest.task, "model_directory": str(model_dir), "data": str(data)}
-    write_evaluation(out, predictor.task, {Path(data).stem: metrics}, header)
+    metrics, predictions = predictor.evaluate_with_predictions(raw, str(data))
+    if seed is None:
+        seed = int(predictor.config.get("seed", ReportSettings.seed))
+    settings = ReportSettings(plots=plots, bootstrap_resamples=bootstrap_resamples, seed=seed)
+    name = Path(data).stem
+    splits = {name: split_report(predictor.task, predictions, raw, metrics, settings)}
+    out = Path(output) if output else Path(model_dir) / "evaluation" / name
+    header = {"task": predictor.manifest.task, "base_model": predictor.manifest.base_model,
+              "model_directory": str(model_dir), "data": str(data)}
+    write_evaluation(out, predictor.task, {name: metrics}, header, splits, Path(model_dir) / "train_log.jsonl",
+                     settings)
     return metrics

@@ -28,11 +28,11 @@ FORMAT_VERSION = 1
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 _PARTIAL_PREFIXES = (".saving-", ".replaced-")
 
-# Settings a resumed run may change: where it writes, how it checkpoints and logs, and data that
-# is only evaluated after training. Any other difference would not continue the same run.
+# Settings a resumed run may change: where it writes, how it checkpoints, logs and reports, and
+# data that is only evaluated after training. Any other difference would not continue the same run.
 FREE_ON_RESUME = frozenset({
     "output_dir", "overwrite", "resume", "resume_from", "save_steps", "save_total_limit", "logging_steps",
-    "test_file", "test_split", "trust_remote_code",
+    "test_file", "test_split", "trust_remote_code", "report_plots", "bootstrap_resamples",
 })
 
 

@@ -1,4 +1,4 @@
-"""The ``finetune-kit`` command line: train, evaluate, predict, export, tasks, demo.
+"""The ``finetune-kit`` command line: train, evaluate, compare, predict, export, tasks, demo.
 
 Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 """
@@ -128,6 +128,10 @@ def train(
     task_option: Optional[list[str]] = typer.Option(None, "--task-option", "-o",
                                                     help="Task-specific option key=value (repeatable)."),
     crf: bool = typer.Option(False, "--crf", help="token-classification: a CRF layer over the tags (-o crf=true)."),
+    report_plots: Optional[bool] = typer.Option(None, "--report-plots/--no-report-plots",
+                                                help="PNG plots in the report (default: on)."),
+    bootstrap_resamples: Optional[int] = typer.Option(
+        None, help="Bootstrap resamples for the report's 95% intervals; 0: none (default: 1000)."),
 ) -> None:
     """Fine-tune an encoder: from options, or from a YAML file plus key=value overrides."""
     from .api import train as run_train
@@ -165,12 +169,14 @@ def train(
         "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
         "save_steps": save_steps, "save_total_limit": save_total_limit, "resume": resume, "resume_from": resume_from,
         "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
-        "task_options": task_options or None,
+        "task_options": task_options or None, "report_plots": report_plots,
+        "bootstrap_resamples": bootstrap_resamples,
     }.items() if v is not None}
     _quiet_libraries()
     result = _run(run_train, config_path, args, **settings)
     if _main_process():
-        typer.echo(f"Model, metrics.json and report.md written to {result.output_dir}")
+        typer.echo(f"Model, model card (README.md), metrics.json and the report (report.html, report.md, "
+                   f"report.json) written to {result.output_dir}")
 
 
 @app.command()
@@ -183,16 +189,45 @@ def evaluate(
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: as in training)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots in the report."),
+    bootstrap_resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals; 0: none."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the bootstrap (default: the training run's seed)."),
 ) -> None:
-    """Evaluate a trained model on a labelled file; writes metrics.json and report.md."""
+    """Evaluate a trained model on a labelled file; writes the report: report.html (open it in a
+    browser), report.md, report.json, metrics.json and plots/."""
     from .api import evaluate as run_evaluate
 
     _quiet_libraries()
+    if bootstrap_resamples < 0:
+        _fail(f"--bootstrap-resamples: {bootstrap_resamples} is not allowed; it must be >= 0")
     out = output or model_dir / "evaluation" / data.stem
-    _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size,
+    _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size, plots=plots,
+         bootstrap_resamples=bootstrap_resamples, seed=seed,
          text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
-    typer.echo(f"metrics.json and report.md written to {out}")
+    typer.echo(f"Report written to {out} (report.html, report.md, report.json, metrics.json)")
+
+
+@app.command()
+def compare(
+    directories: list[Path] = typer.Argument(..., metavar="DIR...",
+                                             help="Run directories (train --output) or evaluation directories."),
+    all_settings: bool = typer.Option(False, "--all-settings",
+                                      help="Show every compared setting, not only task, model and those that differ."),
+    output: Optional[Path] = typer.Option(None, help="Also write the table to this Markdown file."),
+) -> None:
+    """Runs side by side: their settings and metrics (with 95% intervals where reported)."""
+    from .modeling import atomic_write_text
+    from .report import CompareError, comparison_table, markdown_table
+
+    try:
+        columns, rows = comparison_table(directories, all_settings=all_settings)
+    except CompareError as exc:
+        _fail(str(exc))
+    text = markdown_table(columns, rows)
+    typer.echo(text)
+    if output is not None:
+        atomic_write_text(output, text + "\n")
 
 
 @app.command()

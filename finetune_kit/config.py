@@ -124,6 +124,10 @@ class TrainConfig:
     trust_remote_code: bool = False
     # Task-specific options (see each task's documentation).
     task_options: dict[str, Any] = field(default_factory=dict)
+    # Write PNG plots into the report (report.html embeds them); off makes the report faster.
+    report_plots: bool = True
+    # Bootstrap resamples for the report's 95% confidence intervals (seeded by seed); 0: none.
+    bootstrap_resamples: int = 1000
 
     def __post_init__(self) -> None:
         validate(self)
@@ -153,6 +157,8 @@ def validate(config: TrainConfig) -> None:
                  "gradient_accumulation_steps", "logging_steps", "max_steps", "eval_steps",
                  "max_train_samples", "early_stopping_patience", "save_steps"):
         _positive(name, getattr(config, name))
+    if config.bootstrap_resamples < 0:
+        raise ConfigError(f"bootstrap_resamples: {config.bootstrap_resamples!r} is not allowed; it must be >= 0")
     if config.save_total_limit < 0:
         raise ConfigError(f"save_total_limit: {config.save_total_limit!r} is not allowed; it must be >= 0")
     if config.resume and config.resume_from:

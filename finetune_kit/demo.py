@@ -57,5 +57,6 @@ def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, mode
     console.rule()
     console.print(
         f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f}; "
-        f"training took {result.train_runtime_s:.0f} s. Model, metrics.json and report.md are in {result.output_dir}/"
+        f"training took {result.train_runtime_s:.0f} s. The model, its card (README.md) and the "
+        f"report (open report.html in a browser) are in {result.output_dir}/"
     )

@@ -166,31 +166,78 @@ def squad_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) ->
     return out
 
 
-def tune_null_threshold(
+def null_threshold_curve(
     null_score_diffs: Sequence[float], answer_f1s: Sequence[float], null_f1s: Sequence[float]
-) -> tuple[float, float]:
-    """The no-answer threshold that maximises mean F1, and that F1.
+) -> tuple[list[float], list[float]]:
+    """Mean F1 against the no-answer threshold: one point per distinct outcome, in increasing
+    threshold order.
 
     A question gets no answer when ``null score - best span score > threshold``. For each
     question: the F1 of its best span (``answer_f1s``) and of the empty answer (``null_f1s``).
     Answering exactly the k questions with the smallest differences is what every threshold
-    between the k-th and (k+1)-th difference does; the midpoint is returned (outside the range:
-    1 beyond the extreme difference). Ties in F1 go to the threshold closest to 0.
+    between the k-th and (k+1)-th difference does; the midpoint stands for them (outside the
+    range: 1 beyond the extreme difference). Equal differences share their fate.
     """
     diffs = np.asarray(null_score_diffs, dtype=np.float64)
     if len(diffs) == 0:
-        return 0.0, 0.0
+        return [], []
     order = np.argsort(diffs, kind="stable")
     diffs = diffs[order]
     answered = np.concatenate([[0.0], np.cumsum(np.asarray(answer_f1s, dtype=np.float64)[order])])
     unanswered = np.concatenate([np.cumsum(np.asarray(null_f1s, dtype=np.float64)[order][::-1])[::-1], [0.0]])
     totals = (answered + unanswered) / len(diffs)  # totals[k]: the first k questions answered
-    # only cut between different differences: equal ones share their fate
     cuts = [k for k in range(len(diffs) + 1) if k in (0, len(diffs)) or diffs[k - 1] < diffs[k]]
-    thresholds = {k: (diffs[0] - 1.0 if k == 0 else diffs[-1] + 1.0 if k == len(diffs)
-                      else (diffs[k - 1] + diffs[k]) / 2) for k in cuts}
-    best = max(cuts, key=lambda k: (round(float(totals[k]), 12), -abs(thresholds[k])))
-    return float(thresholds[best]), float(totals[best])
+    thresholds = [float(diffs[0] - 1.0 if k == 0 else diffs[-1] + 1.0 if k == len(diffs)
+                        else (diffs[k - 1] + diffs[k]) / 2) for k in cuts]
+    return thresholds, [float(totals[k]) for k in cuts]
+
+
+def tune_null_threshold(
+    null_score_diffs: Sequence[float], answer_f1s: Sequence[float], null_f1s: Sequence[float]
+) -> tuple[float, float]:
+    """The no-answer threshold that maximises mean F1 (see ``null_threshold_curve``), and that
+    F1. Ties in F1 go to the threshold closest to 0."""
+    thresholds, f1s = null_threshold_curve(null_score_diffs, answer_f1s, null_f1s)
+    if not thresholds:
+        return 0.0, 0.0
+    best = max(range(len(thresholds)), key=lambda k: (round(f1s[k], 12), -abs(thresholds[k])))
+    return thresholds[best], f1s[best]
+
+
+def entity_error_buckets(
+    gold: Sequence[tuple[int, int, str]], predicted: Sequence[tuple[int, int, str]]
+) -> dict[str, list[Any]]:
+    """The entities of one sentence sorted into error buckets.
+
+    Each predicted entity is ``correct`` (same span and type as a gold one), ``wrong type``
+    (the span of a gold entity with another type), ``wrong boundary`` (overlapping a gold
+    entity without matching its span; the type may differ too) or ``spurious`` (overlapping
+    none); each gold entity that no prediction overlaps is ``missed``. So correct + wrong type +
+    wrong boundary + spurious = predicted entities. Wrong type and wrong boundary hold
+    (predicted, gold) pairs, with the gold entity overlapping most.
+    """
+    gold_set, buckets = set(gold), {name: [] for name in ERROR_BUCKETS}
+
+    def overlap(a: tuple[int, int, str], b: tuple[int, int, str]) -> int:
+        return min(a[1], b[1]) - max(a[0], b[0])
+
+    for p in sorted(set(predicted)):
+        if p in gold_set:
+            buckets["correct"].append(p)
+            continue
+        same_span = [g for g in sorted(gold_set) if g[:2] == p[:2]]
+        overlapping = sorted((g for g in gold_set if overlap(p, g) > 0), key=lambda g: (-overlap(p, g), g))
+        if same_span:
+            buckets["wrong type"].append((p, same_span[0]))
+        elif overlapping:
+            buckets["wrong boundary"].append((p, overlapping[0]))
+        else:
+            buckets["spurious"].append(p)
+    buckets["missed"] = [g for g in sorted(gold_set) if not any(overlap(p, g) > 0 for p in predicted)]
+    return buckets
+
+
+ERROR_BUCKETS = ("correct", "wrong type", "wrong boundary", "missed", "spurious")
 
 
 # -- span NER ---------------------------------------------------------------------------------

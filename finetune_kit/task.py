@@ -69,6 +69,12 @@ class Task(Protocol):
     #   the validation predictions of the best weights; ``state()`` then saves them.
     # - ``write_predictions(predictions, path)``: how ``finetune-kit predict`` writes its output
     #   (default: one JSON line per input); returns the paths written.
+    # - ``report_sections(predictions, raw, metrics)``: the content of a split's evaluation report,
+    #   a dict with ``headline`` ([(label, metric key)...]), ``bootstrap`` (``stats.Resampled``
+    #   per-example statistics of headline metrics, for their confidence intervals),
+    #   ``resampling_unit`` ("example", "sentence"...) and ``sections`` (``report.section`` of
+    #   ``report`` blocks: tables, charts, marked examples). Default: a table of the metrics.
+    # - ``label_counts(raw)``: the label distribution of a split, for the model card.
 
     def __init__(self, settings: TaskSettings) -> None: ...
 

@@ -37,12 +37,24 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from finetune_kit.alignment import char_span_to_tokens
 from finetune_kit.data import iter_rows, require_columns, where
-from finetune_kit.metrics import answer_scores, squad_metrics, tune_null_threshold
+from finetune_kit.metrics import (
+    answer_scores,
+    gold_answers,
+    normalize_answer,
+    null_threshold_curve,
+    squad_metrics,
+    tune_null_threshold,
+)
 from finetune_kit.modeling import atomic_write_text
-from finetune_kit.report import markdown_table
+from finetune_kit.report import MAX_EXAMPLES, bar_chart, curve, marked, markdown_table, section, table
+from finetune_kit.stats import mean_of
 from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
+LENGTH_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 10**9, "11+"))
+CONTEXT_CHARS = 150  # context shown on each side of the answers of a wrong-answer example
+CURVE_POINTS = 400  # most points of the no-answer threshold curve kept in the report
 OPTIONS = {"doc_stride": None, "max_answer_length": 30, "n_best": 20, "max_query_length": None,
            "with_negatives": "auto", "skip_bad_answers": False, "no_answer_threshold": None}
 
@@ -429,6 +441,101 @@ class QuestionAnsweringTask:
                          + ", ".join(f"{source}: {n}" for source, n in self.skipped_answers.items()) + ".")
         return notes
 
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Question-level bootstrap statistics (EM, F1, HasAns/NoAns), F1 by answer length and by
+        question word, the no-answer threshold curve (v2.0), and wrong answers beside the gold
+        ones in their context."""
+        golds = self._golds(raw)
+        answers = [self._answer_at(p, self.threshold) for p in predictions]
+        scores = [answer_scores(a, g) for a, g in zip(answers, golds)]
+        em, f1 = [s[0] for s in scores], [s[1] for s in scores]
+        statistics = [mean_of("exact_match", em), mean_of("f1", f1)]
+        headline = [("exact match", "exact_match"), ("F1", "f1")]
+        if "HasAns_total" in metrics:
+            has = [gold_answers(g) != [""] for g in golds]
+            for name, mask in (("HasAns", has), ("NoAns", [not h for h in has])):
+                statistics += [mean_of(f"{name}_exact_match", em, mask), mean_of(f"{name}_f1", f1, mask)]
+                headline += [(f"{name} exact match", f"{name}_exact_match"), (f"{name} F1", f"{name}_f1")]
+        questions = raw[self._columns[0]]
+        length_of = [self._answer_length_bucket(g) for g in golds]
+        word_of = [question_word(q) for q in questions]
+        sections = [self._breakdown("F1 by answer length", "gold answer length (words)", length_of, em, f1,
+                                    [b for *_, b in LENGTH_BUCKETS] + ["no answer"]),
+                    self._breakdown("F1 by question word", "question word", word_of, em, f1,
+                                    ["what", "which", "who", "when", "where", "why", "how", "other"])]
+        if self.with_negatives:
+            sections.append(self._threshold_section(predictions, golds))
+        sections.append(self._wrong_answers(predictions, raw, answers, f1))
+        return {"headline": headline, "bootstrap": statistics, "resampling_unit": "question", "sections": sections}
+
+    @staticmethod
+    def _answer_length_bucket(golds: list[str]) -> str:
+        """The bucket of the first gold answer's length in normalised words ("no answer" for none)."""
+        kept = gold_answers(golds)
+        if kept == [""]:
+            return "no answer"
+        words = len(normalize_answer(kept[0]).split())
+        return next(name for low, high, name in LENGTH_BUCKETS if low <= words <= high)
+
+    @staticmethod
+    def _breakdown(title: str, what: str, groups: list[str], em: list[float], f1: list[float],
+                   order: list[str]) -> dict[str, Any]:
+        names = [name for name in order if name in groups]
+        rows = []
+        for name in names:
+            members = [i for i, g in enumerate(groups) if g == name]
+            rows.append([name, len(members), float(np.mean([em[i] for i in members])),
+                         float(np.mean([f1[i] for i in members]))])
+        return section(title, [table(title, [what, "questions", "EM", "F1"], rows),
+                               bar_chart(title, names, {"EM": [r[2] for r in rows], "F1": [r[3] for r in rows]})])
+
+    def _threshold_section(self, predictions: list[dict[str, Any]], golds: list[list[str]]) -> dict[str, Any]:
+        """Mean F1 against the no-answer threshold on this split, the saved threshold marked."""
+        span_f1 = [answer_scores(p["best_span"], g)[1] for p, g in zip(predictions, golds)]
+        null_f1 = [answer_scores("", g)[1] for g in golds]
+        diffs = [p["null_score_diff"] for p in predictions]
+        finite = [d for d in diffs if np.isfinite(d)]
+        clipped = [d if np.isfinite(d) else (max(finite) + 1 if finite else 0.0) for d in diffs]
+        thresholds, f1s = null_threshold_curve(clipped, span_f1, null_f1)
+        if len(thresholds) > CURVE_POINTS:
+            keep = sorted(set(np.linspace(0, len(thresholds) - 1, CURVE_POINTS).round().astype(int).tolist())
+                          | {int(np.argmax(f1s))})
+            thresholds, f1s = [thresholds[k] for k in keep], [f1s[k] for k in keep]
+        markers = [(self.threshold, f"saved threshold {self.threshold:.3f}")]
+        if self.threshold != 0:
+            markers.append((0.0, "0"))
+        return section("No-answer threshold", [
+            curve("F1 against the no-answer threshold", "threshold (null score - best span score)", "F1",
+                  {"F1": (thresholds, f1s)}, markers, steps=True)],
+            note="A question gets no answer when its null score minus its best span score exceeds the threshold; "
+                 "F1 changes only where the threshold passes a question's difference (each point stands for the "
+                 "thresholds between two differences). The saved threshold was tuned on the validation split.")
+
+    def _wrong_answers(self, predictions: list[dict[str, Any]], raw: Dataset, answers: list[str],
+                       f1: list[float]) -> dict[str, Any]:
+        """The first questions answered wrongly (F1 below 1), the predicted and the gold answers
+        marked in an excerpt of the context."""
+        question_col, context_col, answers_col = self._columns
+        wrong = [i for i, score in enumerate(f1) if score < 1.0]
+        rows = []
+        for i in wrong[:MAX_EXAMPLES]:
+            row = raw[i]
+            gold = row[answers_col] or {"text": [], "answer_start": []}
+            marks = [(s, s + len(t), "gold") for t, s in zip(gold["text"], gold["answer_start"])]
+            if answers[i]:
+                marks.append((predictions[i]["start"], predictions[i]["end"], "predicted"))
+            rows.append([predictions[i]["id"], row[question_col], answers[i] or "(no answer)",
+                         "; ".join(dict.fromkeys(gold["text"])) or "(no answer)", f1[i],
+                         context_excerpt(row[context_col], marks)])
+        return section("Wrong answers", [table("Wrong answers", ["id", "question", "predicted", "gold", "F1", "context"],
+                                               rows)],
+                       note=f"{len(wrong)} of {len(f1)} questions have F1 below 1; the first {len(rows)} are shown.")
+
+    def label_counts(self, raw: Dataset) -> dict[str, int]:
+        """Answerable and unanswerable questions in a split, for the model card."""
+        has = [gold_answers(g) != [""] for g in self._golds(raw)]
+        return {"answerable": sum(has), "unanswerable": len(has) - sum(has)}
+
     def write_predictions(self, predictions: list[dict[str, Any]], path: Path) -> list[Path]:
         """The official format, ``{question_id: answer}`` ("" for no answer), at ``path``, and the
         n-best lists as JSON Lines beside it (``<name>.nbest.jsonl``)."""
@@ -439,3 +546,24 @@ class QuestionAnsweringTask:
         atomic_write_text(path, json.dumps({p["id"]: p["answer"] for p in predictions}, ensure_ascii=False, indent=1)
                           + "\n")
         return [path, nbest_path]
+
+
+def question_word(question: str) -> str:
+    """The first wh-word of a question (whom and whose count as who), else "other"."""
+    for word in normalize_answer(question).split():
+        if word in QUESTION_WORDS:
+            return "who" if word in ("whom", "whose") else word
+    return "other"
+
+
+def context_excerpt(context: str, marks: list[tuple[int, int, str]]) -> dict[str, Any]:
+    """The part of the context around the marked spans, with ``...`` where it is cut."""
+    if not marks:
+        start, end = 0, min(len(context), 2 * CONTEXT_CHARS)
+    else:
+        start = max(0, min(s for s, _, _ in marks) - CONTEXT_CHARS)
+        end = min(len(context), max(e for _, e, _ in marks) + CONTEXT_CHARS)
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if end < len(context) else ""
+    shift = len(prefix) - start
+    return marked(prefix + context[start:end] + suffix, [(s + shift, e + shift, label) for s, e, label in marks])

@@ -49,7 +49,8 @@ from finetune_kit.alignment import (
 )
 from finetune_kit.data import iter_rows, require_columns, where
 from finetune_kit.metrics import span_metrics
-from finetune_kit.report import markdown_table, per_label_table
+from finetune_kit.report import entity_error_section, markdown_table, per_label_blocks, per_label_table, section
+from finetune_kit.stats import micro_prf
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
 from finetune_kit.tagging import detect_scheme
 from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
@@ -465,6 +466,34 @@ class SpanNerTask:
         return "\n\n".join([f"## {title}", markdown_table(["scoring", "precision", "recall", "F1"], rows),
                             markdown_table(["", "value"], counts), "### Per entity type",
                             per_label_table(metrics["per_type"])])
+
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Sentence-level bootstrap statistics (exact spans, boundaries), per-type table and chart,
+        and the error buckets with examples (nested entities shown nested)."""
+        gold = [sorted(set(g)) for g in self._split_gold(raw, "data")]
+        predicted = [sorted({(s["start"], s["end"], s["label"]) for s in self._entities(p["tokens"], p["candidates"])})
+                     for p in predictions]
+        exact = micro_prf("", [len(set(g) & set(p)) for g, p in zip(gold, predicted)],
+                          [len(p) for p in predicted], [len(g) for g in gold])
+        gold_bounds = [{s[:2] for s in g} for g in gold]
+        predicted_bounds = [{s[:2] for s in p} for p in predicted]
+        boundary = micro_prf("boundary.", [len(g & p) for g, p in zip(gold_bounds, predicted_bounds)],
+                             [len(p) for p in predicted_bounds], [len(g) for g in gold_bounds])
+        return {
+            "headline": [("precision (exact span and type)", "precision"), ("recall (exact span and type)", "recall"),
+                         ("F1 (exact span and type)", "f1"), ("F1 (boundaries only)", "boundary.f1")],
+            "bootstrap": [*exact, *boundary],
+            "resampling_unit": "sentence",
+            "sections": [section("Per entity type", per_label_blocks(metrics["per_type"], "type", "Per entity type",
+                                                                    summarised=True)),
+                         entity_error_section([p["tokens"] for p in predictions], gold, predicted)],
+        }
+
+    def label_counts(self, raw: Dataset) -> dict[str, int]:
+        """Gold spans per entity type in a split, for the model card."""
+        from collections import Counter
+
+        return dict(sorted(Counter(s[2] for g in self._split_gold(raw, "data") for s in g).items()))
 
     def write_predictions(self, predictions: list[dict[str, Any]], path: Any) -> list[Any]:
         import json

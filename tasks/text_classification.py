@@ -11,6 +11,7 @@ split (integers sorted numerically, strings alphabetically) and saved with the m
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -23,7 +24,17 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.data import LINE_COLUMN, require_columns, where
 from finetune_kit.metrics import classification_metrics
-from finetune_kit.report import confusion_table, markdown_table, per_label_table
+from finetune_kit.report import (
+    MAX_EXAMPLES,
+    confusion_blocks,
+    confusion_table,
+    markdown_table,
+    per_label_blocks,
+    per_label_table,
+    section,
+    table,
+)
+from finetune_kit.stats import macro_and_weighted_f1, mean_of
 from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -248,3 +259,42 @@ class TextClassificationTask:
             "### Confusion matrix (rows: gold, columns: predicted)",
             confusion_table(metrics["confusion_matrix"]),
         ])
+
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Headline metrics with their per-example statistics for the bootstrap, the per-label
+        table and chart, the confusion matrix, and the errors the model was most sure of."""
+        gold = [label_name(v) for v in raw[self.settings.label_column]]
+        predicted = [p["label"] for p in predictions]
+        correct = [g == p for g, p in zip(gold, predicted)]
+        statistics = [mean_of("accuracy", correct),
+                      *macro_and_weighted_f1([self.label_to_id[g] for g in gold],
+                                             [self.label_to_id[p] for p in predicted], len(self.labels))]
+        return {
+            "headline": [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1")],
+            "bootstrap": statistics,
+            "resampling_unit": "example",
+            "sections": [
+                section("Per label", per_label_blocks(metrics["per_label"], summarised=True)),
+                section("Confusion matrix", confusion_blocks(metrics["confusion_matrix"])),
+                self._confident_errors(predictions, raw, gold, correct),
+            ],
+        }
+
+    def _confident_errors(self, predictions: list[dict[str, Any]], raw: Dataset, gold: list[str],
+                          correct: list[bool]) -> dict[str, Any]:
+        wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-predictions[i]["score"], i))
+        columns = self.text_columns()
+        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
+        rows = [[lines[i] if lines else i + 1, *[raw[i][c] for c in columns], gold[i], predictions[i]["label"],
+                 predictions[i]["score"]] for i in wrong[:MAX_EXAMPLES]]
+        note = (f"{len(wrong)} of {len(gold)} examples are wrong; these are the {len(rows)} with the highest "
+                f"predicted probability.")
+        return section("Most confident errors", [
+            table("Most confident errors", ["line" if lines else "row", *columns, "gold", "predicted", "probability"],
+                  rows)], note=note)
+
+    def label_counts(self, raw: Dataset) -> dict[str, int]:
+        """How many examples of each label a split has (for the model card)."""
+        counts = Counter(label_name(v) for v in raw[self.settings.label_column])
+        return {label: counts[label] for label in sorted(counts, key=lambda x: (x not in self.label_to_id,
+                                                                                self.label_to_id.get(x, 0), x))}

@@ -20,6 +20,7 @@ Task options (``-o key=value``):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,7 +44,16 @@ from finetune_kit.alignment import (
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, where, where_token
 from finetune_kit.metrics import entity_metrics
-from finetune_kit.report import markdown_table, per_label_table
+from finetune_kit.report import (
+    confusion_blocks,
+    entity_error_section,
+    markdown_table,
+    per_label_blocks,
+    per_label_table,
+    section,
+    table,
+)
+from finetune_kit.stats import micro_prf, ratio_of
 from finetune_kit.tagging import (
     TagError,
     check_tag,
@@ -424,3 +434,53 @@ class TokenClassificationTask:
             "### Per entity type (seqeval default mode)",
             per_label_table(default["per_type"]),
         ])
+
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Sentence-level bootstrap statistics (strict entities, token accuracy), both scoring
+        modes side by side, per-type tables and charts, and the entity error buckets; for plain
+        labels the per-label figures and the confusion matrix."""
+        gold = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
+        predicted = [p["tags"] for p in predictions]
+        token_accuracy = ratio_of("token_accuracy", [sum(a == b for a, b in zip(g, p)) for g, p in zip(gold, predicted)],
+                                  [len(g) for g in gold])
+        if self.scheme == "none":
+            return {"headline": [("token accuracy", "token_accuracy"), ("macro F1", "macro_f1")],
+                    "bootstrap": [token_accuracy], "resampling_unit": "sentence",
+                    "sections": [section("Per tag", per_label_blocks(metrics["per_label"], "tag", "Per tag", summarised=True)),
+                                 section("Confusion matrix", confusion_blocks(metrics["confusion_matrix"]))]}
+        gold_spans = [spans(g, self.scheme) for g in gold]
+        predicted_spans = [spans(p, self.scheme) for p in predicted]
+        matched = [len(set(g) & set(p)) for g, p in zip(gold_spans, predicted_spans)]
+        strict = f"strict {self.scheme}"
+        default = metrics["default_mode"]
+        modes = table("Entity scores in both modes", ["scoring", "precision", "recall", "F1"], [
+            [f"{strict} (headline)", metrics["precision"], metrics["recall"], metrics["f1"]],
+            ["seqeval default (conlleval-compatible)", default["precision"], default["recall"], default["f1"]]],
+            note=f"Strict mode counts only well-formed {self.scheme} entities; the default mode also reads an "
+                 f"I-X after O as the start of an entity.", summarised=True)
+        return {
+            "headline": [(f"entity precision ({strict})", "precision"), (f"entity recall ({strict})", "recall"),
+                         (f"entity F1 ({strict})", "f1"), ("entity F1 (seqeval default mode)", "default_mode.f1"),
+                         ("token accuracy", "token_accuracy")],
+            "bootstrap": [*micro_prf("", matched, [len(p) for p in predicted_spans], [len(g) for g in gold_spans]),
+                          token_accuracy],
+            "resampling_unit": "sentence",
+            "sections": [
+                section("Scoring modes", [modes]),
+                section(f"Per entity type ({strict})", per_label_blocks(metrics["per_type"], "type",
+                                                                        f"Per entity type ({strict})", summarised=True)),
+                section("Per entity type (seqeval default mode)",
+                        per_label_blocks(default["per_type"], "type", "Per entity type (seqeval default mode)",
+                                         summarised=True)[:1]),
+                entity_error_section([p["tokens"] for p in predictions], gold_spans, predicted_spans),
+            ],
+        }
+
+    def label_counts(self, raw: Dataset) -> dict[str, int]:
+        """Entities per type (tags per label for plain labels) in a split, for the model card."""
+        tagged = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
+        if self.scheme == "none":
+            counts = Counter(t for tags in tagged for t in tags)
+        else:
+            counts = Counter(kind for tags in tagged for _, _, kind in spans(tags, self.scheme))
+        return dict(sorted(counts.items()))

@@ -263,3 +263,18 @@ def test_head_learning_rate_moves_only_the_head(tiny_encoder, sentiment_files, t
         assert float(moved) < 1e-6
     head_moved = (weights["fast"]["classifier.weight"] - weights["slow"]["classifier.weight"]).abs().max()
     assert 5e-3 < float(head_moved) < 2e-2
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path: Path):
+    """Temporary files start owner-only; the finished file takes the mode the umask gives."""
+    import os
+    import stat
+
+    from finetune_kit.modeling import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
