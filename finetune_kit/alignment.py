@@ -8,8 +8,10 @@ and spread word labels over subwords. All of them are unit-tested on hand-writte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from .task import TaskError
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (specials, continuation subwords)
 
@@ -145,3 +147,19 @@ def char_span_to_tokens(
     start = next(i for i in positions if offsets[i][1] > start_char)
     end = next(i for i in reversed(positions) if offsets[i][0] < end_char)
     return start, end
+
+
+def sentence_rows(inputs: Iterable[Any], text_column: str, task_name: str) -> list[dict[str, Any]]:
+    """Python-API inputs of word-level tasks as raw rows: token lists, strings split on white
+    space, or dicts of columns."""
+    rows = []
+    for item in inputs:
+        if isinstance(item, str):
+            rows.append({text_column: item.split()})
+        elif isinstance(item, (list, tuple)) and all(isinstance(t, str) for t in item):
+            rows.append({text_column: list(item)})
+        elif isinstance(item, dict):
+            rows.append(dict(item))
+        else:
+            raise TaskError(f"{task_name} predicts from token lists, strings or dicts, not {item!r:.60}")
+    return rows

@@ -36,6 +36,7 @@ from finetune_kit.alignment import (
     IGNORE_INDEX,
     best_windows,
     plan_windows,
+    sentence_rows,
     special_tokens_around,
     subword_labels,
     window_inputs,
@@ -353,17 +354,7 @@ class TokenClassificationTask:
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Sentences as token lists, or as strings split on white space, or dicts of columns."""
-        rows = []
-        for item in inputs:
-            if isinstance(item, str):
-                rows.append({self.settings.text_column: item.split()})
-            elif isinstance(item, (list, tuple)) and all(isinstance(t, str) for t in item):
-                rows.append({self.settings.text_column: list(item)})
-            elif isinstance(item, dict):
-                rows.append(dict(item))
-            else:
-                raise TaskError(f"{self.name} predicts from token lists, strings or dicts, not {item!r:.60}")
-        return rows
+        return sentence_rows(inputs, self.settings.text_column, self.name)
 
     # -- outputs -----------------------------------------------------------------------------
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:

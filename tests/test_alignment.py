@@ -82,3 +82,13 @@ def test_best_windows_by_hand():
     # in the overlap 6..9, words 6, 7 have more context in window 0 (3 and 2 words on their
     # short side) and 8, 9 in window 1; the last window has 6 words: 24, 25 stay with window 3
     assert owners == [0] * 8 + [1] * 6 + [2] * 6 + [3] * 6 + [4] * 4
+
+
+def test_sentence_rows_from_python_inputs():
+    from finetune_kit.alignment import sentence_rows
+    from finetune_kit.task import TaskError
+
+    rows = sentence_rows(["New  York", ("a", "b"), {"tokens": ["x"], "tags": ["O"]}], "tokens", "span-ner")
+    assert rows == [{"tokens": ["New", "York"]}, {"tokens": ["a", "b"]}, {"tokens": ["x"], "tags": ["O"]}]
+    with pytest.raises(TaskError, match="span-ner predicts from token lists, strings or dicts, not 3"):
+        sentence_rows([3], "tokens", "span-ner")
