@@ -74,6 +74,7 @@ def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
         **{column: config.get(column) or default for column, default in defaults.items()},
         max_length=config.get("max_length") or getattr(task_class, "default_max_length", TaskSettings.max_length),
         options=dict(config.get("task_options") or {}),
+        seed=int(config.get("seed", TaskSettings.seed)),
     )
 
 
@@ -233,6 +234,7 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
                       output_dir / "train_log.jsonl", resume_from=resume_from)
+    before = evaluate_before_training(accelerator, trainer.model, task, raw, features, config.eval_batch_size)
     state = trainer.train()
 
     # Final figures come from the weights as saved, so they are what load() will reproduce.
@@ -246,6 +248,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         if split in raw:
             metrics[split], predictions = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
                                                        config.eval_batch_size, calibrate=split == "validation")
+            if split in before:
+                metrics[split]["before_training"] = before[split]
             if accelerator.is_main_process:  # from this split's predictions, before they are dropped
                 split_reports[split] = split_report(task, predictions, raw[split], metrics[split], report_settings)
             del predictions
@@ -272,12 +276,69 @@ def run_training(config: TrainConfig) -> TrainResult:
                        train_padded_tokens=state.train_padded_tokens, best_metric=state.best_metric)
 
 
+def evaluate_before_training(accelerator: Accelerator, model: nn.Module, task: Task, raw: Any,
+                             features: dict[str, Dataset], batch_size: int) -> dict[str, dict[str, Any]]:
+    """The validation and test figures of the starting model, for tasks that report them
+    (``evaluate_before_training``, e.g. masked-LM pretraining: how much did it adapt?)."""
+    if not getattr(task, "evaluate_before_training", False):
+        return {}
+    before = {}
+    for split in ("validation", "test"):
+        if split in raw:
+            metrics, _ = evaluate_raw(accelerator, model, task, raw[split], features[split], batch_size)
+            before[split] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return before
+
+
 def describe_training_data(config: TrainConfig, task: Task, raw: Any, sources: dict[str, str]) -> list[dict[str, Any]]:
     """The model card's account of the data: sources, sizes, hashes and label distributions
     (``label_counts``, where the task has it)."""
     counter = getattr(task, "label_counts", None)
     counts = {split: counter(ds) for split, ds in raw.items()} if counter is not None else {}
     return describe_data(config.to_dict(), sources, {split: len(ds) for split, ds in raw.items()}, counts)
+
+
+def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: bool) -> nn.Module:
+    """The trained model of a directory: full weights, or the base encoder's pretrained weights
+    with the saved LoRA adapter and heads."""
+    keep_pooler = uses_pooler(task)
+    if not manifest.config.get("lora"):
+        model = task.build_model(encoder_from_config(model_dir, trust, keep_pooler=keep_pooler))
+        load_weights(model, model_dir)
+        return model
+    base = manifest.base_model
+    try:
+        encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
+    except (OSError, HubUnreachableError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelDirError(f"{model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
+                            f"loaded ({reason})") from None
+    try:
+        return load_adapter(task.build_model(encoder), model_dir)
+    except AdapterError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
+def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
+    """The encoder inside a trained model directory (LoRA updates merged into it), so that any
+    finetune-kit model, a masked-LM one above all, is a starting point for another task."""
+    from transformers import PreTrainedModel
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    task_class = get_task_class(manifest.task)
+    task = task_class(task_settings(manifest.config, task_class))
+    task.load_state(manifest.task_state, load_tokenizer(str(model_dir), trust_remote_code))
+    model = saved_task_model(model_dir, manifest, task, trust_remote_code)
+    if is_peft_model(model):
+        model = merge_adapter(model)
+    encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+    if keep_pooler and getattr(encoder, "pooler", None) is None:
+        raise ModelDirError(f"{model_dir}: its encoder was saved without a pooler layer; use a pooling that "
+                            f"reads the token vectors (cls or mean)")
+    if not keep_pooler and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
 
 
 class Predictor:
@@ -305,24 +366,7 @@ class Predictor:
         return bool(self.config.get("lora"))
 
     def _saved_model(self, trust: bool) -> nn.Module:
-        """The trained model: full weights, or the base encoder's pretrained weights with the
-        saved LoRA adapter and heads."""
-        keep_pooler = uses_pooler(self.task)
-        if not self.is_adapter:
-            model = self.task.build_model(encoder_from_config(self.model_dir, trust, keep_pooler=keep_pooler))
-            load_weights(model, self.model_dir)
-            return model
-        base = self.manifest.base_model
-        try:
-            encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
-        except (OSError, HubUnreachableError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise ModelDirError(f"{self.model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
-                                f"loaded ({reason})") from None
-        try:
-            return load_adapter(self.task.build_model(encoder), self.model_dir)
-        except AdapterError as exc:
-            raise ModelDirError(str(exc)) from None
+        return saved_task_model(self.model_dir, self.manifest, self.task, trust)
 
     def export(self, output_dir: str | Path, merge: bool = False) -> Path:
         """Write a self-contained model directory that loads without peft: the LoRA updates

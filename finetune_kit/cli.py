@@ -1,4 +1,4 @@
-"""The ``finetune-kit`` command line: train, evaluate, compare, predict, export, tasks, demo.
+"""The ``finetune-kit`` command line: train, evaluate, compare, predict, embed, export, tasks, demo.
 
 Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 """
@@ -24,11 +24,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .adapters import AdapterError
     from .api import OutputDirError
     from .config import ConfigError
+    from .embeddings import EmbeddingError
     from .hub import HubUnreachableError
     from .modeling import ModelDirError
     from .task import DataError, TaskError
 
-    return (AdapterError, ConfigError, DataError, TaskError, HubUnreachableError, ModelDirError, OutputDirError)
+    return (AdapterError, ConfigError, DataError, EmbeddingError, TaskError, HubUnreachableError, ModelDirError,
+            OutputDirError)
 
 
 def _fail(message: str) -> None:
@@ -128,6 +130,8 @@ def train(
     task_option: Optional[list[str]] = typer.Option(None, "--task-option", "-o",
                                                     help="Task-specific option key=value (repeatable)."),
     crf: bool = typer.Option(False, "--crf", help="token-classification: a CRF layer over the tags (-o crf=true)."),
+    masking: Optional[str] = typer.Option(
+        None, help="masked-lm: token, whole-word or span (SpanBERT) masking (-o masking=...; default: token)."),
     report_plots: Optional[bool] = typer.Option(None, "--report-plots/--no-report-plots",
                                                 help="PNG plots in the report (default: on)."),
     bootstrap_resamples: Optional[int] = typer.Option(
@@ -152,6 +156,8 @@ def train(
             _fail(str(exc))
     if crf:
         task_options["crf"] = True
+    if masking is not None:
+        task_options["masking"] = masking
     settings = {k: v for k, v in {
         "task": task, "model": model, "train_file": train_file, "validation_file": validation_file,
         "test_file": test_file, "output_dir": output_dir, "dataset": dataset, "dataset_config": dataset_config,
@@ -258,6 +264,47 @@ def predict(
         atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
         paths = [output]
     typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")
+
+
+@app.command()
+def embed(
+    model: str = typer.Argument(..., metavar="MODEL_OR_DIR",
+                                help="Pretrained encoder (local directory or Hub id) or a finetune-kit model directory."),
+    input_file: Path = typer.Option(..., "--input", help="Texts: plain text, one per line (an empty line included), "
+                                    "or .jsonl with a text column (a string, or a list of words)."),
+    output: Path = typer.Option(..., "--output", help=".npy or .safetensors (with X.index.jsonl beside it) or .jsonl."),
+    level: str = typer.Option("text", help="token (one vector per subword, specials left out), word or text."),
+    word_pooling: str = typer.Option("first", help="word level: first or mean of the word's subwords."),
+    text_pooling: str = typer.Option("mean", help="text level: mean of the text's tokens (specials left out) or cls."),
+    layer: str = typer.Option("last", help="last, last4 (mean of the last four layers) or a hidden-states index "
+                              "(0: the embedding layer's output, k: layer k's, negative: from the end)."),
+    batch_size: int = typer.Option(32, help="Windows per forward pass."),
+    max_length: Optional[int] = typer.Option(
+        None, help="Longest window in tokens, special tokens included (default: 512 or the model's maximum)."),
+    stride: Optional[int] = typer.Option(None, help="Tokens two windows of a long text share (default: a quarter "
+                                         "of the window)."),
+    text_column: str = typer.Option("text", help="Text column of a .jsonl input."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1... (default: cuda when there is one)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run model code from the Hub repository."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar (on a terminal)."),
+) -> None:
+    """Contextual embeddings of the texts in a file: per token, word or text, from any layer."""
+    from .embeddings import embed as run_embed
+    from .embeddings import output_paths
+
+    _quiet_libraries()
+    result = _run(run_embed, model, input=input_file, output=output, level=level, word_pooling=word_pooling,
+                  text_pooling=text_pooling, layer=layer, batch_size=batch_size, max_length=max_length,
+                  stride=stride, text_column=text_column, progress=progress,
+                  trust_remote_code=trust_remote_code, device=device)
+    written = " and ".join(map(str, output_paths(output)))
+    if level == "text":
+        typer.echo(f"{result.shape[0]} text embeddings (dimension {result.shape[1]}) written to {written}")
+    else:
+        rows = sum(len(v) for v in result)
+        dimension = result[0].shape[1] if result else 0
+        typer.echo(f"{rows} {level} embeddings of {len(result)} inputs (dimension {dimension}) written to {written}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-FORMATS = ("csv", "tsv", "jsonl", "json", "conll")
+FORMATS = ("csv", "tsv", "jsonl", "json", "conll", "text")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,8 @@ class TrainConfig:
     validation_split: str | None = "validation"
     test_split: str | None = None
     # File format: "auto" (by extension, else the task's usual one), "csv", "tsv", "jsonl",
-    # "json" (one document: SQuAD or an array of objects) or "conll" (token-per-line columns).
+    # "json" (one document: SQuAD or an array of objects), "conll" (token-per-line columns) or
+    # "text" (plain text, one text per non-blank line, in column "text").
     file_format: str = "auto"
     # Column holding the (first) text; None: the task's default ("text"; "tokens" for tagging).
     text_column: str | None = None

@@ -48,7 +48,7 @@ def detect_format(path: Path, file_format: str = "auto", fallback: str | None = 
     if fmt is None:
         raise DataError(
             f"{path}: cannot tell the format from the extension '{path.suffix}'; "
-            f"use .csv, .tsv, .jsonl, .json or .conll, or set file_format"
+            f"use .csv, .tsv, .jsonl, .json or .conll, or set file_format (text: one text per line)"
         )
     return fmt
 
@@ -61,7 +61,7 @@ def read_file(path: str | Path, file_format: str = "auto", limit: int | None = N
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path, file_format, fallback_format)
-    reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll}.get(fmt, _read_delimited)
+    reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll, "text": _read_text}.get(fmt, _read_delimited)
     rows = reader(path, fmt, limit)
     if not rows:
         raise DataError(f"{path}: no examples in the file")
@@ -127,6 +127,26 @@ def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]
             _check_value_kinds(path, number, row, kinds)
             row[LINE_COLUMN] = number
             rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file as dicts, each with its line number (``LINE_COLUMN``);
+    a malformed line is an error naming it."""
+    return _read_jsonl(Path(path), "jsonl", None)
+
+
+def _read_text(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+    """Plain text: one row per non-blank line (a document or a sentence), in column ``text``."""
+    rows: list[dict[str, Any]] = []
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            rows.append({"text": text, LINE_COLUMN: number})
             if limit is not None and len(rows) >= limit:
                 break
     return rows

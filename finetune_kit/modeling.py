@@ -98,7 +98,14 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
 
 
 def load_encoder(name: str, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
-    """A pretrained encoder (the base model, no task head); its pooler only if asked for."""
+    """A pretrained encoder (the base model, no task head); its pooler only if asked for.
+
+    ``name`` may also be a finetune-kit model directory (after masked-LM pretraining, or a
+    model of another task): its encoder is taken out of it."""
+    if (Path(resolve_model_path(name)) / MANIFEST).is_file():
+        from .api import saved_encoder
+
+        return saved_encoder(resolve_model_path(name), trust_remote_code, keep_pooler)
     encoder = _from_pretrained(AutoModel, name, "model", trust_remote_code=trust_remote_code)
     return encoder if keep_pooler else _drop_pooler(encoder)
 

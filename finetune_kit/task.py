@@ -24,6 +24,33 @@ class TaskError(ValueError):
     """A task that cannot be set up with the settings given (wrong option, missing column...)."""
 
 
+def checked_options(task_name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A task's options: the defaults updated with those given; an unknown one is an error."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {task_name} "
+                        f"(known: {', '.join(sorted(defaults))})")
+    return {**defaults, **given}
+
+
+def require_choice(options: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> None:
+    if options[key] not in allowed:
+        raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; choose {' or '.join(map(str, allowed))}")
+
+
+def require_flag(options: dict[str, Any], key: str) -> None:
+    if not isinstance(options[key], bool):
+        raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; give true or false")
+
+
+def require_whole_number(options: dict[str, Any], key: str, minimum: int = 1, optional: bool = False) -> None:
+    value = options[key]
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TaskError(f"task_options.{key}: {value!r} is not allowed; give a whole number >= {minimum}")
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     """What a task is told about the run: column names, length limit and its own options."""
@@ -38,6 +65,8 @@ class TaskSettings:
     max_length: int = 128
     # Task-specific options (``task_options`` in the config, ``-o key=value`` on the CLI).
     options: dict[str, Any] = field(default_factory=dict)
+    # The run's seed, for tasks that draw their own randomness (masked-LM masks).
+    seed: int = 42
 
 
 # One batch of model outputs for postprocessing: the indices of the features in the
@@ -75,6 +104,10 @@ class Task(Protocol):
     #   ``resampling_unit`` ("example", "sentence"...) and ``sections`` (``report.section`` of
     #   ``report`` blocks: tables, charts, marked examples). Default: a table of the metrics.
     # - ``label_counts(raw)``: the label distribution of a split, for the model card.
+    # - ``set_epoch(epoch)``: called as each training epoch starts, for tasks whose ``collate``
+    #   draws per-epoch randomness (masked-LM masks) and must draw it reproducibly.
+    # - ``evaluate_before_training``: True scores validation and test with the starting model
+    #   too; the figures go into the metrics (``before_training``) and the report.
 
     def __init__(self, settings: TaskSettings) -> None: ...
 

@@ -402,6 +402,9 @@ class Trainer:
         trained on already); the order is a function of the seed and the epoch alone."""
         self.loader.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
+        start_epoch = getattr(self.task, "set_epoch", None)  # tasks that draw per-epoch inputs (masks)
+        if start_epoch is not None:
+            start_epoch(epoch)
         if batches_done == 0:
             return self.loader
         return self.accelerator.skip_first_batches(self.loader, batches_done)

@@ -48,7 +48,15 @@ from finetune_kit.metrics import (
 from finetune_kit.modeling import atomic_write_text
 from finetune_kit.report import MAX_EXAMPLES, bar_chart, curve, marked, markdown_table, section, table
 from finetune_kit.stats import mean_of
-from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit.task import (
+    DataError,
+    OutputBatch,
+    TaskError,
+    TaskSettings,
+    checked_options,
+    require_flag,
+    require_whole_number,
+)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
@@ -104,28 +112,19 @@ class QuestionAnsweringTask:
     greater_is_better: ClassVar[bool] = True
 
     def __init__(self, settings: TaskSettings) -> None:
-        unknown = set(settings.options) - set(OPTIONS)
-        if unknown:
-            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
-                            f"(known: {', '.join(sorted(OPTIONS))})")
         self.settings = settings
-        options = {**OPTIONS, **settings.options}
+        options = checked_options(self.name, settings.options, OPTIONS)
         # BERT's SQuAD settings (384 / 128 / 64), scaled to other lengths
         if options["doc_stride"] is None:
             options["doc_stride"] = settings.max_length // 3
         if options["max_query_length"] is None:
             options["max_query_length"] = settings.max_length // 6
         for key in ("doc_stride", "max_answer_length", "n_best", "max_query_length"):
-            value = options[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "doc_stride" else 1):
-                raise TaskError(f"task_options.{key}: {value!r} is not allowed; give a whole number "
-                                f"{'>= 0' if key == 'doc_stride' else '>= 1'}")
+            require_whole_number(options, key, minimum=0 if key == "doc_stride" else 1)
         if options["with_negatives"] not in ("auto", True, False):
             raise TaskError(f"task_options.with_negatives: {options['with_negatives']!r} is not allowed; "
                             f"give auto, true or false")
-        if not isinstance(options["skip_bad_answers"], bool):
-            raise TaskError(f"task_options.skip_bad_answers: {options['skip_bad_answers']!r} is not allowed; "
-                            f"give true or false")
+        require_flag(options, "skip_bad_answers")
         fixed = options["no_answer_threshold"]
         if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float))):
             raise TaskError(f"task_options.no_answer_threshold: {fixed!r} is not allowed; give a number")

@@ -54,7 +54,16 @@ from finetune_kit.report import entity_error_section, markdown_table, per_label_
 from finetune_kit.stats import micro_prf
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
 from finetune_kit.tagging import detect_scheme
-from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit.task import (
+    DataError,
+    OutputBatch,
+    TaskError,
+    TaskSettings,
+    checked_options,
+    require_choice,
+    require_flag,
+    require_whole_number,
+)
 from finetune_kit_tasks.text_classification import head_dropout
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -173,21 +182,13 @@ class SpanNerTask:
     default_head_learning_rate: ClassVar[float] = 1e-3
 
     def __init__(self, settings: TaskSettings) -> None:
-        unknown = set(settings.options) - set(OPTIONS)
-        if unknown:
-            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
-                            f"(known: {', '.join(sorted(OPTIONS))})")
         self.settings = settings
-        self.options = options = {**OPTIONS, **settings.options}
+        self.options = options = checked_options(self.name, settings.options, OPTIONS)
         for key in ("max_span_width", "ffnn_dim", "width_dim"):
-            if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 1:
-                raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; give a whole number >= 1")
+            require_whole_number(options, key)
         for key, allowed in (("word_pooling", ("first", "mean")), ("decoding", ("nested", "flat"))):
-            if options[key] not in allowed:
-                raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; choose {' or '.join(allowed)}")
-        if not isinstance(options["per_type_threshold"], bool):
-            raise TaskError(f"task_options.per_type_threshold: {options['per_type_threshold']!r} is not allowed; "
-                            f"give true or false")
+            require_choice(options, key, allowed)
+        require_flag(options, "per_type_threshold")
         for key, low in (("null_weight", 0.0), ("null_sample", 0.0)):
             value = options[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= (
@@ -197,9 +198,7 @@ class SpanNerTask:
         fixed = options["threshold"]
         if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float)) or not 0 < fixed < 1):
             raise TaskError(f"task_options.threshold: {fixed!r} is not allowed; give a number in (0, 1)")
-        stride = options["stride"]
-        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 0):
-            raise TaskError(f"task_options.stride: {stride!r} is not allowed; give a whole number >= 0")
+        require_whole_number(options, "stride", minimum=0, optional=True)
         self.max_width = options["max_span_width"]
         self.types: list[str] = []
         self.threshold: float | dict[str, float] = float(fixed) if fixed is not None else 0.5

@@ -67,11 +67,20 @@ from finetune_kit.tagging import (
     spans,
     transition_constraints,
 )
-from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit.task import (
+    DataError,
+    OutputBatch,
+    TaskError,
+    TaskSettings,
+    checked_options,
+    require_choice,
+    require_flag,
+    require_whole_number,
+)
 from finetune_kit_tasks.text_classification import head_dropout, label_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-OPTIONS = {"crf", "subword_labels", "scheme", "strict_tags", "stride"}
+OPTIONS = {"crf": False, "subword_labels": "first", "scheme": "auto", "strict_tags": False, "stride": None}
 
 
 @dataclass
@@ -143,37 +152,25 @@ class TokenClassificationTask:
     greater_is_better: ClassVar[bool] = True
 
     def __init__(self, settings: TaskSettings) -> None:
-        unknown = set(settings.options) - OPTIONS
-        if unknown:
-            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
-                            f"(known: {', '.join(sorted(OPTIONS))})")
         self.settings = settings
-        self.use_crf = self._bool_option("crf")
-        self.strict_tags = self._bool_option("strict_tags")
-        self.subword_strategy = settings.options.get("subword_labels", "first")
-        if self.subword_strategy not in ("first", "all"):
-            raise TaskError(f"task_options.subword_labels: {self.subword_strategy!r} is not allowed; "
-                            f"choose first or all")
-        requested = str(settings.options.get("scheme", "auto"))
+        options = checked_options(self.name, settings.options, OPTIONS)
+        require_flag(options, "crf")
+        require_flag(options, "strict_tags")
+        self.use_crf, self.strict_tags = options["crf"], options["strict_tags"]
+        require_choice(options, "subword_labels", ("first", "all"))
+        self.subword_strategy = options["subword_labels"]
+        requested = str(options["scheme"])
         try:
             self.requested_scheme = "auto" if requested.lower() == "auto" else scheme_name(requested)
         except TagError as exc:
             raise TaskError(f"task_options.scheme: {exc}") from None
-        stride = settings.options.get("stride")
-        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 0):
-            raise TaskError(f"task_options.stride: {stride!r} is not allowed; give a whole number >= 0")
+        require_whole_number(options, "stride", minimum=0, optional=True)
         self.scheme = ""  # the scheme the model tags in (IOB1 data is converted to IOB2)
         self.source_scheme = ""  # the scheme of the training data
         self.labels: list[str] = []
         self.label_to_id: dict[str, int] = {}
         self.class_label_names: list[str] | None = None
         self.tokenizer: Any = None
-
-    def _bool_option(self, key: str) -> bool:
-        value = self.settings.options.get(key, False)
-        if not isinstance(value, bool):
-            raise TaskError(f"task_options.{key}: {value!r} is not allowed; give true or false")
-        return value
 
     # -- columns and tags ----------------------------------------------------------------------
     def _column_hints(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ def test_tasks_lists_builtins_with_origin():
     assert "finetune-kit" in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "tasks", "demo"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "tasks", "demo", "embed"])
 def test_help_is_complete(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0
@@ -32,10 +32,12 @@ def test_help_is_complete(command):
                           "--batch-size", "--learning-rate", "--max-length", "--seed", "--text-column",
                           "--text-pair-column", "--label-column", "--warmup-ratio", "--gradient-accumulation-steps",
                           "--mixed-precision", "--early-stopping-patience", "--eval-steps", "--task-option",
-                          "--crf", "--file-format"],
+                          "--crf", "--masking", "--file-format"],
                 "evaluate": ["MODEL_DIR", "--data", "--output"],
                 "predict": ["MODEL_DIR", "--input", "--output"],
-                "tasks": [], "demo": ["--output", "--epochs", "--model"]}[command]
+                "tasks": [], "demo": ["--output", "--epochs", "--model"],
+                "embed": ["MODEL_OR_DIR", "--input", "--output", "--level", "--layer", "--word-pooling",
+                          "--text-pooling", "--batch-size", "--max-length", "--stride"]}[command]
     for option in expected:
         assert option in result.output, option
     if command == "train":  # defaults are shown, not swallowed as markup

@@ -218,3 +218,14 @@ def test_validation_fraction_holds_out_the_last_rows(tmp_path: Path):
         load_splits(load_config(**base, validation_file=str(path), validation_fraction=0.2))
     with pytest.raises(ConfigError, match=r"validation_fraction: 1.5 is not allowed; it must be in \(0, 1\)"):
         load_config(**base, validation_fraction=1.5)
+
+
+def test_plain_text_is_one_row_per_non_blank_line(tmp_path: Path):
+    path = tmp_path / "abstracts.txt"
+    path.write_bytes("first document\r\n\n  \nsecond, with a tab\there\n".encode("utf-8"))
+    ds = read_file(path, fallback_format="text")  # masked-lm's format for unknown extensions
+    assert ds["text"] == ["first document", "second, with a tab\there"]
+    assert ds[LINE_COLUMN] == [1, 4]
+    assert read_file(path, "text")["text"] == ds["text"]
+    with pytest.raises(DataError, match="abstracts.txt: cannot tell the format"):
+        read_file(path)  # other tasks do not guess

@@ -162,6 +162,27 @@ def test_two_processes_evaluate_spans_like_one(tiny_encoder, tmp_path):
     assert_one_writer(done, out, steps=4)  # 16 sentences / (2 processes x 4) x 2 epochs
 
 
+def test_two_processes_evaluate_masked_lm_like_one(tiny_encoder, tmp_path):
+    """Masked-LM with span masking and SBO: both processes draw the same masks a single process
+    draws, so the gathered validation figures are the single process's, token for token."""
+    lines = POSITIVE + NEGATIVE
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(lines * 4) + "\n")
+    dev = tmp_path / "dev.txt"
+    dev.write_text("\n".join(lines[:13]) + "\n")
+    out = tmp_path / "out"
+    done = launch_training(["--task", "masked-lm", "--model", tiny_encoder, "--train", str(train),
+                            "--validation", str(dev), "--output", str(out), "--epochs", "2", "--batch-size", "2",
+                            "--eval-batch-size", "2", "--max-length", "16", "--learning-rate", "1e-3",
+                            "--masking", "span", "-o", "sbo=true", "-o", "packing=lines"])
+    validation = validation_metrics(out)
+    assert validation["num_texts"] == 13 and validation["before_training"]["masked_tokens"] == validation["masked_tokens"]
+    validation.pop("before_training")
+    single = fk.evaluate(out, dev, tmp_path / "single", batch_size=2)
+    assert_same_metrics(single, validation)
+    assert_one_writer(done, out, steps=32)  # 64 lines / (2 processes x 2) x 2 epochs
+
+
 def test_first_sightings_keep_each_feature_once():
     # two processes' gathered batches [3, 1, -1] and [3, 1, 5]: the second repeats the first
     # (fewer batches than processes), -1 is padding, and feature 5 came in an earlier batch

@@ -1,0 +1,490 @@
+"""``masked-lm``: continued (domain-adaptive) masked-LM pretraining of an encoder.
+
+Texts (plain text lines, a JSON Lines / CSV column, or lists of words) are tokenized and
+packed into ``[CLS] ... [SEP]`` sequences of ``max_length`` tokens, texts split by [SEP]
+(``packing=documents``, the default: no padding waste, no token lost) or one text per
+sequence (``packing=lines``). Masks are drawn when batches are made (dynamic masking, see
+``finetune_kit.masking``) from a generator seeded by the run's seed, the epoch and the
+sequence, so that a resumed or multi-process run draws exactly the masks of an uninterrupted
+one; evaluation masks do not depend on the epoch, so the encoder before training and after it
+are scored on the very same masked tokens.
+
+The head is BERT's prediction head (dense, activation, LayerNorm, then the input embeddings,
+tied, plus a bias), initialised from the checkpoint's own head when it has a BERT- or
+RoBERTa-style one. With ``-o sbo=true`` (span masking), SpanBERT's span boundary objective adds
+a 2-layer FFNN that predicts each masked token from the vectors just outside its span and a
+position embedding; its loss is added to the MLM loss.
+
+The output directory is accepted by every task as ``--model`` (its encoder is taken out of it).
+``predict`` fills in the ``[MASK]`` tokens of its inputs with the top candidates.
+
+Task options (``-o key=value``): masking (token | whole-word | span, default token; also
+``--masking``), mask_rate (0.15), mask_share (0.8), random_share (0.1), random_tokens (uniform |
+unigram), span_p (0.2), max_span_words (10), sbo (false), packing (documents | lines), top_k (5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from safetensors import safe_open
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from finetune_kit.data import LINE_COLUMN, require_columns, where
+from finetune_kit.masking import (
+    IGNORE_INDEX,
+    NOT_A_WORD,
+    MaskingScheme,
+    RandomTokens,
+    mask_sequence,
+    pack,
+    span_boundaries,
+)
+from finetune_kit.modeling import resolve_model_path
+from finetune_kit.report import markdown_table, section, table
+from finetune_kit.stats import Resampled, ratio_of
+from finetune_kit.task import (
+    DataError,
+    OutputBatch,
+    TaskError,
+    TaskSettings,
+    checked_options,
+    require_choice,
+    require_flag,
+    require_whole_number,
+)
+
+OPTIONS: dict[str, Any] = {
+    "masking": "token", "mask_rate": 0.15, "mask_share": 0.8, "random_share": 0.1, "random_tokens": "uniform",
+    "span_p": 0.2, "max_span_words": 10, "sbo": False, "packing": "documents", "top_k": 5,
+}
+CHOICES = {"masking": ("token", "whole-word", "span"), "random_tokens": ("uniform", "unigram"),
+           "packing": ("documents", "lines")}
+# Positions inside a span that get their own SBO position embedding; deeper ones share the last.
+SBO_POSITIONS = 32
+# Where a checkpoint keeps a pretrained MLM head: (dense, norm, bias) name prefixes.
+PRETRAINED_HEADS = (
+    ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias"),
+    ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+    ("lm_head.dense", "lm_head.norm", "lm_head.bias"),  # a masked-lm model of this toolkit
+)
+# What ``mask_stream`` says a feature is for: training (masks change every epoch), scoring
+# (fixed masks), or filling in the [MASK] tokens the text already has.
+TRAIN, SCORE, FILL = 0, 1, 2
+# Learning rate of a head that starts from random weights (the checkpoint has none).
+NEW_HEAD_LEARNING_RATE = 5e-4
+
+
+@dataclass
+class MaskedLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    token_loss: torch.Tensor | None = None  # (batch, length): loss of each predicted token, 0 elsewhere
+    token_correct: torch.Tensor | None = None  # 1 where the top prediction is the original token
+    token_predicted: torch.Tensor | None = None  # 1 at the positions that are predicted
+    sbo_loss: torch.Tensor | None = None
+    sbo_correct: torch.Tensor | None = None
+    fill_ids: torch.Tensor | None = None  # (batch, length, k): top candidates at [MASK] positions
+    fill_probabilities: torch.Tensor | None = None
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense -> activation -> LayerNorm -> the input embeddings (tied) + bias."""
+
+    def __init__(self, config: Any, embedding_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, embedding_size)
+        self.activation = ACT2FN[getattr(config, "hidden_act", "gelu")]
+        self.norm = nn.LayerNorm(embedding_size, eps=getattr(config, "layer_norm_eps", 1e-12))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        nn.init.normal_(self.dense.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.norm(self.activation(self.dense(hidden))), embeddings, self.bias)
+
+
+class SpanBoundaryHead(nn.Module):
+    """SpanBERT's span boundary objective: a masked token is predicted from the vectors of the
+    tokens just left and right of its span and the embedding of its position in the span,
+    through two layers of (linear, GeLU, LayerNorm), then the tied input embeddings + a bias."""
+
+    def __init__(self, config: Any, embedding_size: int, vocab_size: int, positions: int = SBO_POSITIONS) -> None:
+        super().__init__()
+        hidden, eps = config.hidden_size, getattr(config, "layer_norm_eps", 1e-12)
+        self.positions = nn.Embedding(positions, hidden)
+        self.layers = nn.Sequential(
+            nn.Linear(3 * hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps),
+            nn.Linear(hidden, embedding_size), nn.GELU(), nn.LayerNorm(embedding_size, eps=eps),
+        )
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        std = getattr(config, "initializer_range", 0.02)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def vectors(self, left: torch.Tensor, right: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) boundary vectors and (n,) positions -> (n, embedding size) vectors."""
+        return self.layers(torch.cat([left, right, self.positions(inside)], dim=-1))
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor, inside: torch.Tensor,
+                embeddings: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.vectors(left, right, inside), embeddings, self.bias)
+
+
+def scatter(values: torch.Tensor, where_: torch.Tensor) -> torch.Tensor:
+    """A (batch, length) float tensor holding ``values`` at the True positions of ``where_``."""
+    out = torch.zeros(where_.shape, dtype=torch.float32, device=where_.device)
+    out[where_] = values.float()
+    return out
+
+
+class MaskedLanguageModel(nn.Module):
+    def __init__(self, encoder: nn.Module, sbo: bool = False, top_k: int = 5) -> None:
+        super().__init__()
+        self.encoder = encoder
+        embeddings = encoder.get_input_embeddings().weight
+        vocab_size, embedding_size = embeddings.shape
+        self.lm_head = MaskedLMHead(encoder.config, embedding_size, vocab_size)
+        self.span_boundary = SpanBoundaryHead(encoder.config, embedding_size, vocab_size) if sbo else None
+        self.top_k = top_k
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                sbo_left: torch.Tensor | None = None, sbo_right: torch.Tensor | None = None,
+                sbo_inside: torch.Tensor | None = None, mask_token_id: torch.Tensor | None = None) -> MaskedLMOutput:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embeddings = self.encoder.get_input_embeddings().weight
+        if labels is None:
+            return self._fill(hidden, embeddings, input_ids == mask_token_id.reshape(-1, 1))
+        predicted = labels != IGNORE_INDEX
+        targets = labels[predicted]
+        logits = self.lm_head(hidden[predicted], embeddings).float()
+        token_loss = nn.functional.cross_entropy(logits, targets, reduction="none")
+        # A batch without a predicted token still needs a loss that touches the heads.
+        loss = token_loss.mean() if len(targets) else logits.sum() * 0.0
+        out = MaskedLMOutput(token_loss=scatter(token_loss.detach(), predicted),
+                             token_correct=scatter((logits.argmax(-1) == targets).detach(), predicted),
+                             token_predicted=predicted.float())
+        if self.span_boundary is not None and sbo_left is not None:
+            rows = predicted.nonzero(as_tuple=True)[0]
+            sbo_logits = self.span_boundary(hidden[rows, sbo_left[predicted]], hidden[rows, sbo_right[predicted]],
+                                            sbo_inside[predicted], embeddings).float()
+            sbo_loss = nn.functional.cross_entropy(sbo_logits, targets, reduction="none")
+            loss = loss + (sbo_loss.mean() if len(targets) else sbo_logits.sum() * 0.0)
+            out.sbo_loss = scatter(sbo_loss.detach(), predicted)
+            out.sbo_correct = scatter((sbo_logits.argmax(-1) == targets).detach(), predicted)
+        out.loss = loss
+        return out
+
+    def _fill(self, hidden: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor) -> MaskedLMOutput:
+        """The top-k candidates, with their probabilities, at every [MASK] position."""
+        k = min(self.top_k, embeddings.shape[0])
+        probabilities = self.lm_head(hidden[masks], embeddings).float().softmax(-1)
+        top = probabilities.topk(k, dim=-1)
+        ids = torch.zeros((*masks.shape, k), dtype=torch.long, device=masks.device)
+        scores = torch.zeros((*masks.shape, k), dtype=torch.float32, device=masks.device)
+        ids[masks], scores[masks] = top.indices, top.values
+        return MaskedLMOutput(token_predicted=masks.float(), fill_ids=ids, fill_probabilities=scores)
+
+
+def pretrained_head_weights(name_or_path: str) -> dict[str, torch.Tensor]:
+    """The MLM head a local checkpoint carries (BERT or RoBERTa naming), as this head's
+    parameters; empty when it has none (e.g. sentence-embedding encoders)."""
+    path = Path(resolve_model_path(name_or_path)) / "model.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as weights:
+        names = set(weights.keys())
+        for dense, norm, bias in PRETRAINED_HEADS:
+            wanted = {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
+                      "norm.bias": f"{norm}.bias", "bias": bias}
+            if set(wanted.values()) <= names:
+                return {mine: weights.get_tensor(theirs) for mine, theirs in wanted.items()}
+    return {}
+
+
+class MaskedLMTask:
+    name: ClassVar[str] = "masked-lm"
+    description: ClassVar[str] = ("Continued masked-LM pretraining on in-domain text (token, whole-word or "
+                                  "SpanBERT span masking, optional span boundary objective)")
+    required_columns: ClassVar[tuple[str, ...]] = ("text_column",)
+    default_metric: ClassVar[str] = "perplexity"
+    greater_is_better: ClassVar[bool] = False
+    default_file_format: ClassVar[str] = "text"
+    evaluate_before_training: ClassVar[bool] = True
+
+    def __init__(self, settings: TaskSettings) -> None:
+        self.settings = settings
+        self.options = options = checked_options(self.name, settings.options, OPTIONS)
+        for key, allowed in CHOICES.items():
+            require_choice(options, key, allowed)
+        require_flag(options, "sbo")
+        for key in ("max_span_words", "top_k"):
+            require_whole_number(options, key)
+        if options["sbo"] and options["masking"] != "span":
+            raise TaskError("task_options.sbo: the span boundary objective needs span masking (--masking span)")
+        try:
+            self.scheme = MaskingScheme(strategy=options["masking"], rate=float(options["mask_rate"]),
+                                        mask_share=float(options["mask_share"]),
+                                        random_share=float(options["random_share"]),
+                                        span_p=float(options["span_p"]), max_span_words=options["max_span_words"])
+        except (TypeError, ValueError) as exc:
+            raise TaskError(f"task_options: {exc}") from None
+        self.head_modules: tuple[str, ...] = ("lm_head", "span_boundary") if options["sbo"] else ("lm_head",)
+        self.tokenizer: Any = None
+        self.random_tokens: RandomTokens | None = None
+        self.unigram_counts: dict[int, int] = {}
+        self.epoch = 0
+        self.head_pretrained = False
+
+    @property
+    def default_head_learning_rate(self) -> float | None:
+        """A head that starts random learns at a higher rate than the pretrained encoder."""
+        return None if self.head_pretrained else NEW_HEAD_LEARNING_RATE
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
+        if "train" not in raw:
+            raise TaskError("no training split given")
+        for split, ds in raw.items():
+            self.validate(ds, split, sources[split])
+        self._set_tokenizer(tokenizer)
+        if self.options["random_tokens"] == "unigram":
+            self.unigram_counts = self._count_tokens(raw["train"])
+        self._set_random_tokens()
+
+    def validate(self, raw: Dataset, split: str, source: str) -> None:
+        if len(raw) == 0:
+            raise DataError(f"{source}: no examples")
+        column = self.settings.text_column
+        require_columns(raw, [column], source, {column: "--text-column"})
+        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        for line, value in zip(lines, raw[column]):
+            place = where(source, {LINE_COLUMN: line})
+            if isinstance(value, list):
+                if not all(isinstance(word, str) for word in value):
+                    raise DataError(f"{place}: column '{column}' is a list with non-text items")
+            elif not isinstance(value, str):
+                raise DataError(f"{place}: column '{column}' is not text ({type(value).__name__})")
+
+    def _set_tokenizer(self, tokenizer: Any) -> None:
+        if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+            raise TaskError(f"{self.name}: the tokenizer needs mask, CLS and SEP tokens "
+                            f"({type(tokenizer).__name__} lacks one)")
+        self.tokenizer = tokenizer
+
+    def _count_tokens(self, raw: Dataset) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for start in range(0, len(raw), 1000):
+            for ids, _ in self._tokenize(raw[self.settings.text_column][start:start + 1000]):
+                for token, count in zip(*np.unique(ids, return_counts=True)):
+                    counts[int(token)] = counts.get(int(token), 0) + int(count)
+        return counts
+
+    def _set_random_tokens(self) -> None:
+        vocab_size = len(self.tokenizer)
+        counts = None
+        if self.options["random_tokens"] == "unigram":
+            counts = np.zeros(vocab_size)
+            for token, count in self.unigram_counts.items():
+                counts[token] = count
+        self.random_tokens = RandomTokens(vocab_size, self.tokenizer.all_special_ids, counts)
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"head_pretrained": self.head_pretrained}
+        if self.unigram_counts:
+            state["unigram_counts"] = {str(k): v for k, v in sorted(self.unigram_counts.items())}
+        return state
+
+    def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        self._set_tokenizer(tokenizer)
+        self.head_pretrained = bool(state.get("head_pretrained", False))
+        self.unigram_counts = {int(k): int(v) for k, v in state.get("unigram_counts", {}).items()}
+        self._set_random_tokens()
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        model = MaskedLanguageModel(encoder, sbo=self.options["sbo"], top_k=self.options["top_k"])
+        pretrained = pretrained_head_weights(getattr(encoder.config, "_name_or_path", "") or "")
+        if pretrained and all(model.lm_head.state_dict()[k].shape == v.shape for k, v in pretrained.items()):
+            model.lm_head.load_state_dict(pretrained)
+            self.head_pretrained = True
+        return model
+
+    # -- features ----------------------------------------------------------------------------
+    def _tokenize(self, values: list[Any]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and word numbers of each text (no special tokens)."""
+        out: list[tuple[list[int], list[int]]] = [([], [])] * len(values)
+        for split_words in (False, True):
+            picked = [i for i, v in enumerate(values) if isinstance(v, list) == split_words]
+            if not picked:
+                continue
+            encoded = self.tokenizer([values[i] for i in picked], add_special_tokens=False,
+                                     is_split_into_words=split_words)
+            for k, i in enumerate(picked):
+                words = encoded.word_ids(k)
+                out[i] = (encoded["input_ids"][k], [NOT_A_WORD if w is None else w for w in words])
+        return out
+
+    def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        tokenized = self._tokenize(batch[self.settings.text_column])
+        texts = [(row, ids, words) for row, (ids, words) in zip(batch["_index"], tokenized) if ids]
+        across = self.options["packing"] == "documents" and split != "predict"
+        packed = pack(texts, self.settings.max_length, self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
+                      across_texts=across)
+        stream = FILL if split == "predict" else TRAIN if split == "train" else SCORE
+        return {
+            "input_ids": packed.input_ids,
+            "word_ids": packed.word_ids,
+            "token_rows": packed.rows,
+            "example_index": [row for row, _ in packed.starts],
+            "mask_key": [list(start) for start in packed.starts],
+            "mask_stream": [stream] * len(packed.input_ids),
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training masks change with the epoch (the loop says which one starts)."""
+        self.epoch = epoch
+
+    def _generator(self, feature: dict[str, Any]) -> np.random.Generator:
+        row, offset = feature["mask_key"]
+        if feature["mask_stream"] == TRAIN:
+            return np.random.default_rng([self.settings.seed, TRAIN, self.epoch, row, offset])
+        return np.random.default_rng([self.settings.seed, SCORE, row, offset])
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        assert self.tokenizer is not None and self.random_tokens is not None, "setup() or load_state() first"
+        length = max(len(f["input_ids"]) for f in features)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(features), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(features), length), dtype=torch.long)
+        for i, f in enumerate(features):
+            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            attention[i, :len(f["input_ids"])] = 1
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attention}
+        if features[0]["mask_stream"] == FILL:
+            batch["mask_token_id"] = torch.tensor(self.tokenizer.mask_token_id)
+            return batch
+        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
+        boundaries = [torch.full((len(features), length), fill, dtype=torch.long) for fill in (0, 0, 0)]
+        for i, f in enumerate(features):
+            masked = mask_sequence(f["input_ids"], f["word_ids"], self.scheme, self.tokenizer.mask_token_id,
+                                   self.random_tokens, self._generator(f))
+            n = len(masked.input_ids)
+            ids[i, :n] = torch.tensor(masked.input_ids)
+            labels[i, :n] = torch.tensor(masked.labels)
+            if self.options["sbo"]:
+                for tensor, values in zip(boundaries, span_boundaries(masked.units, n, SBO_POSITIONS - 1)):
+                    tensor[i, :n] = torch.tensor(values).clamp(min=0)
+        batch["labels"] = labels
+        if self.options["sbo"]:
+            batch["sbo_left"], batch["sbo_right"], batch["sbo_inside"] = boundaries
+        return batch
+
+    def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        rows = []
+        for item in inputs:
+            if isinstance(item, (str, list)):
+                rows.append({self.settings.text_column: item})
+            elif isinstance(item, dict):
+                rows.append(dict(item))
+            else:
+                raise TaskError(f"{self.name} reads strings, lists of words or dicts, not {type(item).__name__}")
+        return rows
+
+    # -- outputs -----------------------------------------------------------------------------
+    def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
+        token_rows = features["token_rows"]
+        if len(features) and features[0]["mask_stream"] == FILL:
+            return self._fills(raw, features, token_rows, outputs)
+        sums = np.zeros((len(raw), 5))  # predicted, loss, correct, SBO loss, SBO correct
+        for indices, arrays in outputs:
+            for k, feature in enumerate(indices):
+                rows = np.asarray(token_rows[feature])
+                predicted = arrays["token_predicted"][k, :len(rows)] > 0
+                at = rows[predicted]
+                np.add.at(sums[:, 0], at, 1)
+                np.add.at(sums[:, 1], at, arrays["token_loss"][k, :len(rows)][predicted])
+                np.add.at(sums[:, 2], at, arrays["token_correct"][k, :len(rows)][predicted])
+                if "sbo_loss" in arrays:
+                    np.add.at(sums[:, 3], at, arrays["sbo_loss"][k, :len(rows)][predicted])
+                    np.add.at(sums[:, 4], at, arrays["sbo_correct"][k, :len(rows)][predicted])
+        out = []
+        for predicted, loss, correct, sbo_loss, sbo_correct in sums:
+            row = {"masked_tokens": int(predicted), "loss_sum": float(loss), "correct": int(correct)}
+            if self.options["sbo"]:
+                row.update(sbo_loss_sum=float(sbo_loss), sbo_correct=int(sbo_correct))
+            out.append(row)
+        return out
+
+    def _fills(self, raw: Dataset, features: Dataset, token_rows: list[list[int]],
+               outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
+        """For each text, the candidates of its [MASK] tokens, in text order."""
+        found: list[list[tuple[int, int, list[dict[str, Any]]]]] = [[] for _ in range(len(raw))]
+        for indices, arrays in outputs:
+            for k, feature in enumerate(indices):
+                rows = token_rows[feature]
+                for position in np.flatnonzero(arrays["token_predicted"][k, :len(rows)] > 0):
+                    candidates = [{"token": self.tokenizer.convert_ids_to_tokens(int(t)), "score": float(p)}
+                                  for t, p in zip(arrays["fill_ids"][k, position], arrays["fill_probabilities"][k, position])]
+                    found[rows[position]].append((int(feature), int(position), candidates))
+        return [{"masks": [c for _, _, c in sorted(items, key=lambda x: x[:2])]} for items in found]
+
+    def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        total = sum(p["masked_tokens"] for p in predictions)
+        if total == 0:
+            raise DataError(f"{self.name}: no token of this split could be masked (are its texts empty?)")
+        loss = sum(p["loss_sum"] for p in predictions) / total
+        metrics: dict[str, Any] = {
+            "mlm_loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "accuracy": sum(p["correct"] for p in predictions) / total,
+            "masked_tokens": total, "num_texts": len(predictions),
+        }
+        if self.options["sbo"]:
+            metrics["sbo_loss"] = sum(p["sbo_loss_sum"] for p in predictions) / total
+            metrics["sbo_accuracy"] = sum(p["sbo_correct"] for p in predictions) / total
+        return metrics
+
+    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+        keys = ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss", "masked_tokens", "num_texts")
+        rows = [[k, metrics[k]] for k in keys if k in metrics]
+        before = metrics.get("before_training")
+        if before:
+            rows = [[k, before.get(k), v] for k, v in rows]
+            return f"## {title}\n\n" + markdown_table(["metric", "before training", "after training"], rows)
+        return f"## {title}\n\n" + markdown_table(["metric", "value"], rows)
+
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Masked-token accuracy, loss and perplexity with intervals (texts resampled), and the
+        same figures of the encoder before training beside them."""
+        counts = [p["masked_tokens"] for p in predictions]
+        losses = [p["loss_sum"] for p in predictions]
+        loss = ratio_of("mlm_loss", losses, counts)
+        statistics = [ratio_of("accuracy", [p["correct"] for p in predictions], counts), loss,
+                      Resampled("perplexity", loss.columns,
+                                lambda s: np.exp(np.minimum(s[..., 0] / np.maximum(s[..., 1], 1), 700.0)))]
+        headline = [("masked-token accuracy", "accuracy"), ("masked-token loss", "mlm_loss"),
+                    ("perplexity", "perplexity")]
+        sections = []
+        before = metrics.get("before_training")
+        if before:
+            keys = [k for k in ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss") if k in metrics]
+            sections.append(section("Before and after training", [table(
+                "The starting encoder and the trained one, on the same masked tokens",
+                ["metric", "before training", "after training", "change"],
+                [[k, before.get(k), metrics[k], metrics[k] - before[k] if k in before else None] for k in keys])],
+                note=None if self.head_pretrained else
+                "The starting checkpoint has no MLM head: 'before training' is scored with a newly initialised head."))
+        sections.append(section("Metrics", [table("All metrics", ["metric", "value"],
+                                                  [[k, v] for k, v in metrics.items() if isinstance(v, (int, float))])]))
+        return {"headline": headline, "bootstrap": statistics, "resampling_unit": "text", "sections": sections}
