@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, add_rates, finetune_kit_training, offline, packaged_encoder, run_measured  # noqa: E402
 
@@ -35,6 +37,34 @@ def train(task: str, model: str, out: Path, extra: list[str]) -> dict:
     wall, _ = run_measured(f"{task} from {Path(model).name}", command)
     metrics = json.loads((out / "metrics.json").read_text())
     return {**add_rates(finetune_kit_training(out)), "process_wall_s": wall, **metrics}
+
+
+def sentence_counts(model_dir: Path, gold: list[set]) -> np.ndarray:
+    """Per test sentence: exact matches, predicted and gold entities of a span-ner model."""
+    import finetune_kit as fk
+
+    predictions = fk.load(model_dir).predict_file(GENIA / "test.json")
+    predicted = [{(e["start"], e["end"], e["label"]) for e in p["spans"]} for p in predictions]
+    return np.array([[len(g & p), len(p), len(g)] for g, p in zip(gold, predicted)], dtype=np.float64)
+
+
+def paired_f1_difference(original: Path, adapted: Path, resamples: int, seed: int) -> dict:
+    """F1(adapted) - F1(original) with a paired percentile bootstrap over the test sentences:
+    each resample draws the same sentences for both models."""
+    from finetune_kit.data import read_file
+    from finetune_kit.spans import layout_of, read_spans
+    from finetune_kit.stats import Resampled, bootstrap
+
+    raw = read_file(GENIA / "test.json")
+    layout = layout_of(raw["ner"])
+    gold = [set(read_spans(v, len(t), layout, "test.json")) for t, v in zip(raw["sentence"], raw["ner"])]
+    columns = np.concatenate([sentence_counts(original, gold), sentence_counts(adapted, gold)], axis=1)
+
+    def difference(sums: np.ndarray) -> np.ndarray:
+        f1 = [2 * sums[..., k] / np.maximum(sums[..., k + 1] + sums[..., k + 2], 1) for k in (0, 3)]
+        return f1[1] - f1[0]
+
+    return bootstrap([Resampled("f1_difference", columns, difference)], resamples, seed)["f1_difference"]
 
 
 def main() -> None:
@@ -84,8 +114,10 @@ def main() -> None:
     for name, result in ner.items():
         test = result["test"]
         print(f"  {name:<38}{test['precision']:>10.4f}{test['recall']:>9.4f}{test['f1']:>8.4f}{result['train_s']:>10.0f}")
-    delta = ner["adapted encoder"]["test"]["f1"] - ner["original encoder"]["test"]["f1"]
-    print(f"  adapted - original F1: {delta:+.4f}")
+    paired = paired_f1_difference(work / "ner-original", work / "ner-adapted", 1000, ns.seed)
+    print(f"  adapted - original F1: {paired['estimate']:+.4f}, 95% interval [{paired['low']:+.4f}, "
+          f"{paired['high']:+.4f}] (paired bootstrap over the test sentences, 1000 resamples)")
+    ner["paired_f1_difference"] = paired
     if ns.json_out:
         Path(ns.json_out).write_text(json.dumps({"masked_lm": mlm, "masked_lm_head_only": head_only, "span_ner": ner},
                                                 indent=2, default=str))

@@ -9,9 +9,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-from .api import Predictor, TrainResult, evaluate, export, load, train  # noqa: E402
+from .api import Predictor, TrainResult, evaluate, export, export_encoder, load, train  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .embeddings import embed  # noqa: E402
 from .registry import available_tasks  # noqa: E402
 
-__all__ = ["Predictor", "TrainConfig", "TrainResult", "available_tasks", "embed", "evaluate", "export", "load", "train", "__version__"]
+__all__ = ["Predictor", "TrainConfig", "TrainResult", "available_tasks", "embed", "evaluate", "export",
+           "export_encoder", "load", "train", "__version__"]

@@ -426,6 +426,31 @@ def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False) -
     return load(model_dir).export(output_dir, merge=merge)
 
 
+def export_encoder(model_dir: str | Path, output_dir: str | Path) -> Path:
+    """Write the encoder of a model directory (LoRA updates merged) with its tokenizer as a plain
+    transformers model, which ``AutoModel.from_pretrained`` loads: after masked-LM pretraining,
+    the adapted encoder for any other library. The folder appears whole or not at all."""
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise OutputDirError(f"{output_dir}: exists and is not empty; choose another directory")
+    trust = bool(read_manifest(model_dir).config.get("trust_remote_code", False))
+    encoder = saved_encoder(model_dir, trust)
+    tokenizer = load_tokenizer(str(model_dir), trust)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        encoder.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
 def load(model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> Predictor:
     """Load a model directory written by ``train``."""
     return Predictor(model_dir, batch_size=batch_size, **column_overrides)

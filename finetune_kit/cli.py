@@ -312,11 +312,19 @@ def export(
     model_dir: Path = typer.Argument(..., help="A trained model directory."),
     output: Path = typer.Option(..., "--output", help="Directory for the exported model."),
     merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the encoder's weights."),
+    encoder: bool = typer.Option(False, "--encoder", help="Write only the encoder (LoRA merged) and tokenizer as a "
+                                 "plain transformers model (AutoModel.from_pretrained), e.g. after masked-lm."),
 ) -> None:
-    """Write a self-contained model directory that loads without peft (LoRA merged with --merge)."""
+    """Write a self-contained model directory that loads without peft (LoRA merged with --merge),
+    or with --encoder the encoder alone as a plain transformers model."""
     from .api import export as run_export
+    from .api import export_encoder
 
     _quiet_libraries()
+    if encoder:
+        written = _run(export_encoder, model_dir, output)
+        typer.echo(f"Encoder written to {written} (loads with transformers' AutoModel.from_pretrained)")
+        return
     written = _run(run_export, model_dir, output, merge=merge)
     typer.echo(f"Model written to {written}")
 

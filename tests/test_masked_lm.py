@@ -84,6 +84,27 @@ def test_the_output_directory_is_an_encoder_for_every_other_task(span_run, tmp_p
     assert "classifier.weight" in classifier and not any(k.startswith("lm_head") for k in classifier)
 
 
+def test_the_encoder_exports_as_a_plain_transformers_model(span_run, tmp_path):
+    from transformers import AutoModel
+    from typer.testing import CliRunner
+
+    from finetune_kit.cli import app
+
+    out, _ = span_run
+    exported = tmp_path / "encoder"
+    result = CliRunner().invoke(app, ["export", str(out), "--output", str(exported), "--encoder"])
+    assert result.exit_code == 0, result.output
+    plain, info = AutoModel.from_pretrained(exported, output_loading_info=True)
+    assert not info["unexpected_keys"] and all(k.startswith("pooler.") for k in info["missing_keys"])
+    saved = load_file(out / "model.safetensors")
+    for name, tensor in plain.state_dict().items():
+        if not name.startswith("pooler."):
+            assert torch.equal(tensor, saved[f"encoder.{name}"]), name
+    assert (exported / "tokenizer.json").exists()
+    again = CliRunner().invoke(app, ["export", str(out), "--output", str(exported), "--encoder"])
+    assert again.exit_code == 2 and "is not empty" in again.output
+
+
 def test_a_lora_run_gives_its_merged_encoder_to_other_tasks(tiny_encoder, tmp_path):
     out, metrics = mlm_run(tiny_encoder, tmp_path, lora=True, lora_r=4, epochs=2, learning_rate=5e-3,
                            task_options={"masking": "whole-word"})
