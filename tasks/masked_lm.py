@@ -485,6 +485,4 @@ class MaskedLMTask:
                 [[k, before.get(k), metrics[k], metrics[k] - before[k] if k in before else None] for k in keys])],
                 note=None if self.head_pretrained else
                 "The starting checkpoint has no MLM head: 'before training' is scored with a newly initialised head."))
-        sections.append(section("Metrics", [table("All metrics", ["metric", "value"],
-                                                  [[k, v] for k, v in metrics.items() if isinstance(v, (int, float))])]))
         return {"headline": headline, "bootstrap": statistics, "resampling_unit": "text", "sections": sections}
