@@ -149,15 +149,28 @@ def scatter(values: torch.Tensor, where_: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def encoder_attribute(encoder: nn.Module) -> str:
+    """The name the encoder takes in the model: its architecture's own prefix ("bert",
+    "roberta"...), so that the saved weights are named as transformers names a pretrained
+    checkpoint's and ``AutoModel.from_pretrained(output_dir)`` reads the adapted encoder."""
+    prefix = getattr(encoder, "base_model_prefix", "") or ""
+    return prefix if prefix.isidentifier() and prefix not in ("lm_head", "span_boundary", "top_k") else "encoder"
+
+
 class MaskedLanguageModel(nn.Module):
     def __init__(self, encoder: nn.Module, sbo: bool = False, top_k: int = 5) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder_name = encoder_attribute(encoder)
+        setattr(self, self.encoder_name, encoder)
         embeddings = encoder.get_input_embeddings().weight
         vocab_size, embedding_size = embeddings.shape
         self.lm_head = MaskedLMHead(encoder.config, embedding_size, vocab_size)
         self.span_boundary = SpanBoundaryHead(encoder.config, embedding_size, vocab_size) if sbo else None
         self.top_k = top_k
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self, self.encoder_name)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 sbo_left: torch.Tensor | None = None, sbo_right: torch.Tensor | None = None,

@@ -73,7 +73,7 @@ def test_the_output_directory_is_an_encoder_for_every_other_task(span_run, tmp_p
     encoder = load_encoder(str(out))
     saved = load_file(out / "model.safetensors")
     for name, tensor in encoder.state_dict().items():
-        assert torch.equal(tensor, saved[f"encoder.{name}"]), name
+        assert torch.equal(tensor, saved[f"bert.{name}"]), name  # named as in a BERT checkpoint
     text_vectors = fk.embed(str(out), ["good movie"], progress=False)
     assert np.allclose(text_vectors, fk.embed((encoder, load_tokenizer(str(out))), ["good movie"], progress=False))
     rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
@@ -99,8 +99,13 @@ def test_the_encoder_exports_as_a_plain_transformers_model(span_run, tmp_path):
     saved = load_file(out / "model.safetensors")
     for name, tensor in plain.state_dict().items():
         if not name.startswith("pooler."):
-            assert torch.equal(tensor, saved[f"encoder.{name}"]), name
+            assert torch.equal(tensor, saved[f"bert.{name}"]), name
     assert (exported / "tokenizer.json").exists()
+    # the training output itself reads the same way: its weights are named as transformers names them
+    direct, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert all(k.startswith("pooler.") for k in info["missing_keys"])
+    assert all(k.startswith(("lm_head.", "span_boundary.")) for k in info["unexpected_keys"])
+    assert all(torch.equal(direct.state_dict()[k], v) for k, v in plain.state_dict().items() if "pooler" not in k)
     again = CliRunner().invoke(app, ["export", str(out), "--output", str(exported), "--encoder"])
     assert again.exit_code == 2 and "is not empty" in again.output
 
