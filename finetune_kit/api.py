@@ -30,6 +30,7 @@ from .modeling import (
     Manifest,
     ModelDirError,
     count_parameters,
+    drop_pooler,
     encoder_from_config,
     load_encoder,
     load_tokenizer,
@@ -336,9 +337,7 @@ def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_p
     if keep_pooler and getattr(encoder, "pooler", None) is None:
         raise ModelDirError(f"{model_dir}: its encoder was saved without a pooler layer; use a pooling that "
                             f"reads the token vectors (cls or mean)")
-    if not keep_pooler and getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None
-    return encoder
+    return encoder if keep_pooler else drop_pooler(encoder)
 
 
 class Predictor:

@@ -1,5 +1,6 @@
 """Batch orders: length-grouped shuffled batches for training, length-sorted chunks for
-evaluation. Both are deterministic functions of (seed, epoch), which exact resume relies on."""
+evaluation. Both are deterministic functions of (seed, epoch), which exact resume relies on.
+And ``padded``, which collate functions build their tensors with."""
 
 from __future__ import annotations
 
@@ -70,3 +71,10 @@ def sorted_eval_batches(lengths: Sequence[int], batch_size: int, chunk_batches: 
         members = sorted(range(start, min(start + chunk, len(lengths))), key=lambda i: -lengths[i])
         batches.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
     return batches
+
+
+def padded(rows: Sequence[Sequence[int]], fill: int, width: int | None = None) -> torch.Tensor:
+    """A (len(rows), width) long tensor of ``rows``, each filled up to ``width`` (default: the
+    longest row) with ``fill``."""
+    width = max((len(row) for row in rows), default=0) if width is None else width
+    return torch.tensor([list(row) + [fill] * (width - len(row)) for row in rows], dtype=torch.long)

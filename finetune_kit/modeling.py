@@ -90,7 +90,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def _drop_pooler(encoder: nn.Module) -> nn.Module:
+def drop_pooler(encoder: nn.Module) -> nn.Module:
     """Task heads read token vectors; an unused pooler only adds weights (and DDP errors)."""
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
@@ -102,19 +102,20 @@ def load_encoder(name: str, trust_remote_code: bool = False, keep_pooler: bool =
 
     ``name`` may also be a finetune-kit model directory (after masked-LM pretraining, or a
     model of another task): its encoder is taken out of it."""
-    if (Path(resolve_model_path(name)) / MANIFEST).is_file():
+    path = resolve_model_path(name)
+    if (Path(path) / MANIFEST).is_file():
         from .api import saved_encoder
 
-        return saved_encoder(resolve_model_path(name), trust_remote_code, keep_pooler)
+        return saved_encoder(path, trust_remote_code, keep_pooler)
     encoder = _from_pretrained(AutoModel, name, "model", trust_remote_code=trust_remote_code)
-    return encoder if keep_pooler else _drop_pooler(encoder)
+    return encoder if keep_pooler else drop_pooler(encoder)
 
 
 def encoder_from_config(model_dir: Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
     """An encoder with the saved architecture and no pretrained weights (they come next)."""
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    return encoder if keep_pooler else _drop_pooler(encoder)
+    return encoder if keep_pooler else drop_pooler(encoder)
 
 
 def package_versions() -> dict[str, str]:

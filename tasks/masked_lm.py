@@ -26,6 +26,7 @@ unigram), span_p (0.2), max_span_words (10), sbo (false), packing (documents | l
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
+from finetune_kit.batching import padded
 from finetune_kit.data import LINE_COLUMN, require_columns, where
 from finetune_kit.masking import (
     IGNORE_INDEX,
@@ -297,12 +299,11 @@ class MaskedLMTask:
         self.tokenizer = tokenizer
 
     def _count_tokens(self, raw: Dataset) -> dict[int, int]:
-        counts: dict[int, int] = {}
+        counts: Counter[int] = Counter()
         for start in range(0, len(raw), 1000):
             for ids, _ in self._tokenize(raw[self.settings.text_column][start:start + 1000]):
-                for token, count in zip(*np.unique(ids, return_counts=True)):
-                    counts[int(token)] = counts.get(int(token), 0) + int(count)
-        return counts
+                counts.update(ids)
+        return dict(counts)
 
     def _set_random_tokens(self) -> None:
         vocab_size = len(self.tokenizer)
@@ -377,31 +378,20 @@ class MaskedLMTask:
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         assert self.tokenizer is not None and self.random_tokens is not None, "setup() or load_state() first"
-        length = max(len(f["input_ids"]) for f in features)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(features), length), pad, dtype=torch.long)
-        attention = torch.zeros((len(features), length), dtype=torch.long)
-        for i, f in enumerate(features):
-            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            attention[i, :len(f["input_ids"])] = 1
-        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attention}
+        attention = padded([[1] * len(f["input_ids"]) for f in features], 0)
         if features[0]["mask_stream"] == FILL:
-            batch["mask_token_id"] = torch.tensor(self.tokenizer.mask_token_id)
-            return batch
-        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
-        boundaries = [torch.full((len(features), length), fill, dtype=torch.long) for fill in (0, 0, 0)]
-        for i, f in enumerate(features):
-            masked = mask_sequence(f["input_ids"], f["word_ids"], self.scheme, self.tokenizer.mask_token_id,
-                                   self.random_tokens, self._generator(f))
-            n = len(masked.input_ids)
-            ids[i, :n] = torch.tensor(masked.input_ids)
-            labels[i, :n] = torch.tensor(masked.labels)
-            if self.options["sbo"]:
-                for tensor, values in zip(boundaries, span_boundaries(masked.units, n, SBO_POSITIONS - 1)):
-                    tensor[i, :n] = torch.tensor(values).clamp(min=0)
-        batch["labels"] = labels
+            return {"input_ids": padded([f["input_ids"] for f in features], pad), "attention_mask": attention,
+                    "mask_token_id": torch.tensor(self.tokenizer.mask_token_id)}
+        masked = [mask_sequence(f["input_ids"], f["word_ids"], self.scheme, self.tokenizer.mask_token_id,
+                                self.random_tokens, self._generator(f)) for f in features]
+        batch = {"input_ids": padded([m.input_ids for m in masked], pad), "attention_mask": attention,
+                 "labels": padded([m.labels for m in masked], IGNORE_INDEX)}
         if self.options["sbo"]:
-            batch["sbo_left"], batch["sbo_right"], batch["sbo_inside"] = boundaries
+            boundaries = [span_boundaries(m.units, len(m.input_ids), SBO_POSITIONS - 1) for m in masked]
+            for k, name in enumerate(("sbo_left", "sbo_right", "sbo_inside")):
+                # -1 (outside every span) becomes 0: only predicted positions are read
+                batch[name] = padded([b[k] for b in boundaries], 0).clamp(min=0)
         return batch
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:

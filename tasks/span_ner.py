@@ -48,6 +48,7 @@ from finetune_kit.alignment import (
     window_inputs,
     word_pieces,
 )
+from finetune_kit.batching import padded
 from finetune_kit.data import iter_rows, require_columns, where
 from finetune_kit.metrics import span_metrics
 from finetune_kit.report import entity_error_section, markdown_table, per_label_blocks, per_label_table, section
@@ -360,16 +361,11 @@ class SpanNerTask:
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         items = [{k: f[k] for k in MODEL_INPUTS if k in f} for f in features]
         batch = dict(self._collator(items))
-        words = max(len(f["word_positions"]) for f in features)
-        length = batch["input_ids"].size(1)
-        batch["word_positions"] = torch.tensor([f["word_positions"] + [-1] * (words - len(f["word_positions"]))
-                                                for f in features])
-        batch["subword_words"] = torch.tensor([f["subword_words"] + [-1] * (length - len(f["subword_words"]))
-                                               for f in features])
+        batch["word_positions"] = padded([f["word_positions"] for f in features], -1)
+        batch["subword_words"] = padded([f["subword_words"] for f in features], -1, width=batch["input_ids"].size(1))
         if "span_labels" in features[0]:
-            grid = self.max_width
-            batch["span_labels"] = torch.tensor([f["span_labels"] + [-100] * (grid * words - len(f["span_labels"]))
-                                                 for f in features])
+            words = batch["word_positions"].size(1)
+            batch["span_labels"] = padded([f["span_labels"] for f in features], -100, width=self.max_width * words)
         return batch
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:

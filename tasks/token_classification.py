@@ -42,6 +42,7 @@ from finetune_kit.alignment import (
     window_inputs,
     word_pieces,
 )
+from finetune_kit.batching import padded
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, where, where_token
 from finetune_kit.metrics import entity_metrics
@@ -344,9 +345,7 @@ class TokenClassificationTask:
         items = [{k: f[k] for k in (*MODEL_INPUTS, "labels") if k in f} for f in features]
         batch = dict(self._collator(items))
         if self.use_crf and "labels" in batch:
-            width = max(len(f["word_positions"]) for f in features)
-            batch["word_positions"] = torch.tensor(
-                [f["word_positions"] + [-1] * (width - len(f["word_positions"])) for f in features], dtype=torch.long)
+            batch["word_positions"] = padded([f["word_positions"] for f in features], -1)
         return batch
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:

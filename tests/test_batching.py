@@ -1,6 +1,8 @@
 import random
 
-from finetune_kit.batching import LengthGroupedBatchSampler, sorted_eval_batches
+import torch
+
+from finetune_kit.batching import LengthGroupedBatchSampler, padded, sorted_eval_batches
 
 
 def _lengths(n=1000, seed=0):
@@ -54,3 +56,9 @@ def test_eval_batches_cover_all_in_sorted_chunks():
     first_chunk = [i for b in batches[:4] for i in b]
     assert sorted(first_chunk) == list(range(64))
     assert [lengths[i] for i in first_chunk] == sorted((lengths[i] for i in range(64)), reverse=True)
+
+
+def test_padded_fills_rows_to_the_longest_or_a_given_width():
+    assert padded([[1, 2, 3], [4]], -1).tolist() == [[1, 2, 3], [4, -1, -1]]
+    assert padded([[5], []], 0, width=3).tolist() == [[5, 0, 0], [0, 0, 0]]
+    assert padded([[7, 8]], -100).dtype == torch.long
