@@ -22,9 +22,7 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,12 +30,15 @@ from common import (  # noqa: E402
     SHARED,
     TokenCounter,
     add_rates,
+    add_run_arguments,
     finetune_kit_training,
+    machine,
     offline,
     packaged_encoder,
     print_table,
     reference_training_arguments,
     run_measured,
+    work_directory,
 )
 
 QUALITY = [("dev acc", "accuracy", ".4f")]
@@ -137,7 +138,6 @@ def main() -> None:
     parser.add_argument("--text-column", default="sentence")
     parser.add_argument("--text-pair-column")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--epochs", type=float, help="[default: the preset's, else 1]")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -148,8 +148,7 @@ def main() -> None:
                         help="finetune-kit task option [default: pooling=pooler, the head of the Trainer "
                              "recipe's AutoModelForSequenceClassification, so both train the same model]")
     parser.add_argument("--only", choices=["finetune-kit", "trainer"])
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
 
@@ -172,13 +171,11 @@ def main() -> None:
     args["model"] = args["model"] or packaged_encoder()
     offline()
 
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    print(f"{machine()}, "
           f"{os.cpu_count()} CPUs; data {args['train']} (first {args['max_train_samples'] or 'all'} rows), "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
           f"max length {args['max_length']}, seed {args['seed']}")
-    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-"))
+    work = work_directory(ns.work_dir, "fk-bench-")
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}
     results = {label: measure(name, args, work) for label, name in sides.items() if ns.only in (None, name)}
     print()

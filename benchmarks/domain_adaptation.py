@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, add_rates, finetune_kit_training, offline, packaged_encoder, run_measured  # noqa: E402
+from common import (  # noqa: E402
+    SHARED,
+    add_rates,
+    add_run_arguments,
+    finetune_kit_training,
+    machine,
+    offline,
+    packaged_encoder,
+    run_measured,
+    work_directory,
+)
 
 GENIA = SHARED / "genia_nested"
 
@@ -69,7 +77,6 @@ def paired_f1_difference(original: Path, adapted: Path, resamples: int, seed: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
     parser.add_argument("--mlm-epochs", type=float, default=10.0)
     parser.add_argument("--mlm-learning-rate", type=float, default=1e-4)
     parser.add_argument("--masking", default="span", choices=["token", "whole-word", "span"])
@@ -78,17 +85,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=5e-5, help="span-ner learning rate")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     ns = parser.parse_args()
     offline()
     model = ns.model or packaged_encoder()
-    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-dapt-"))
-    work.mkdir(parents=True, exist_ok=True)
-    import torch
+    work = work_directory(ns.work_dir, "fk-bench-dapt-")
 
     sbo = ns.masking == "span" and not ns.no_sbo
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+    print(f"{machine()}; "
           f"masked-lm: {ns.masking} masking{' + SBO' if sbo else ''}, {ns.mlm_epochs:g} epochs, "
           f"lr {ns.mlm_learning_rate}; span-ner: {ns.epochs:g} epochs, batch {ns.batch_size}, lr {ns.learning_rate}, "
           f"seed {ns.seed}")

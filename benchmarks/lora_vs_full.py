@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     add_rates,
+    add_run_arguments,
     finetune_kit_training,
+    machine,
     offline,
     packaged_encoder,
     print_table,
     run_measured,
+    work_directory,
 )
 
 CARDS = {"sst2": ("examples/sst2.yaml", "validation", "accuracy"), "wnut17": ("examples/wnut17.yaml", "validation", "f1")}
@@ -54,16 +55,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=list(CARDS), nargs="+", default=list(CARDS))
     parser.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA runs")
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     args = parser.parse_args()
     offline()
     model = args.model or packaged_encoder()
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="fk-bench-lora-"))
-    import torch
+    work = work_directory(args.work_dir, "fk-bench-lora-")
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()};"
+    print(f"{machine()};"
           f" LoRA r=8 alpha=16 on every linear layer of the transformer blocks, lr {args.lora_lr}")
     everything = {}
     for name in args.only:

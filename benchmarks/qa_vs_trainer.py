@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,12 +26,15 @@ from common import (  # noqa: E402
     SHARED,
     TokenCounter,
     add_rates,
+    add_run_arguments,
     finetune_kit_training,
+    machine,
     offline,
     packaged_encoder,
     print_table,
     reference_training_arguments,
     run_measured,
+    work_directory,
 )
 
 SQUAD = SHARED / "squad_v1.1" / "dev-v1.1.json"
@@ -175,7 +176,6 @@ def measure(name: str, args: dict, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
     parser.add_argument("--max-train-samples", type=int, help="first N training questions")
     parser.add_argument("--max-eval-samples", type=int, help="first N evaluation questions")
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -185,8 +185,7 @@ def main() -> None:
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["finetune-kit", "trainer"])
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
 
@@ -196,16 +195,13 @@ def main() -> None:
         return
 
     offline()
-    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-qa-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_directory(ns.work_dir, "fk-bench-qa-")
     train, validation = split_squad(work, ns.max_train_samples, ns.max_eval_samples)
     args = {k: v for k, v in vars(ns).items() if k not in ("only", "work_dir", "json_out", "trainer_child",
                                                            "max_train_samples", "max_eval_samples")}
     args.update(model=ns.model or packaged_encoder(), train=str(train), validation=str(validation))
-    import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; SQuAD v1.1 dev articles 1-38 -> train "
+    print(f"{machine()}; SQuAD v1.1 dev articles 1-38 -> train "
           f"(first {ns.max_train_samples or 'all'} questions), 39-48 -> eval (first {ns.max_eval_samples or 'all'}); "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
           f"max length {args['max_length']}, doc stride {args['doc_stride']}, seed {args['seed']}")

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,11 +26,14 @@ from common import (  # noqa: E402
     REPO,
     SHARED,
     add_rates,
+    add_run_arguments,
     finetune_kit_training,
+    machine,
     offline,
     packaged_encoder,
     print_table,
     run_measured,
+    work_directory,
 )
 
 GENIA = SHARED / "genia_nested"
@@ -137,7 +138,6 @@ def width(args: dict, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["quality", "width"], default="quality")
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
@@ -146,16 +146,13 @@ def main() -> None:
     parser.add_argument("--span-head-lr", type=float, default=1e-3,
                         help="span-ner's default head learning rate, also given to a second tagger row")
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 8, 12, 16])
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     ns = parser.parse_args()
     offline()
     args = {**vars(ns), "model": ns.model or packaged_encoder()}
-    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-span-"))
-    work.mkdir(parents=True, exist_ok=True)
-    import torch
+    work = work_directory(ns.work_dir, "fk-bench-span-")
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()};"
+    print(f"{machine()};"
           f" {args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, max length 128, "
           f"seed {args['seed']}")
     (quality if ns.part == "quality" else width)(args, work)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,12 +25,15 @@ from common import (  # noqa: E402
     SHARED,
     TokenCounter,
     add_rates,
+    add_run_arguments,
     finetune_kit_training,
+    machine,
     offline,
     packaged_encoder,
     print_table,
     reference_training_arguments,
     run_measured,
+    work_directory,
 )
 
 WNUT = SHARED / "wnut17"
@@ -152,7 +153,6 @@ def main() -> None:
     parser.add_argument("--train", default=str(WNUT / "wnut17train.conll"))
     parser.add_argument("--validation", default=str(WNUT / "emerging.dev.conll"))
     parser.add_argument("--test", default=str(WNUT / "emerging.test.annotated"))
-    parser.add_argument("--model", help="encoder directory [default: the packaged all-MiniLM-L6-v2]")
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -160,8 +160,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["finetune-kit", "finetune-kit crf", "trainer"], action="append")
-    parser.add_argument("--work-dir")
-    parser.add_argument("--json-out")
+    add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
 
@@ -173,14 +172,12 @@ def main() -> None:
     args = {k: v for k, v in vars(ns).items() if k not in ("only", "work_dir", "json_out", "trainer_child")}
     args["model"] = args["model"] or packaged_encoder()
     offline()
-    import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; train {args['train']} "
+    print(f"{machine()}; train {args['train']} "
           f"(first {args['max_train_samples'] or 'all'} sentences), {args['epochs']:g} epoch(s), "
           f"batch {args['batch_size']}, lr {args['learning_rate']}, max length {args['max_length']}, "
           f"seed {args['seed']}")
-    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="fk-bench-ner-"))
+    work = work_directory(ns.work_dir, "fk-bench-ner-")
     labels = {"finetune-kit": "finetune-kit", "finetune-kit crf": "finetune-kit --crf", "trainer": "HF Trainer recipe"}
     results = {labels[name]: measure(name, args, work) for name in labels if not ns.only or name in ns.only}
     print()
