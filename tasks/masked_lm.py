@@ -291,6 +291,8 @@ class MaskedLMTask:
                     raise DataError(f"{place}: column '{column}' is a list with non-text items")
             elif not isinstance(value, str):
                 raise DataError(f"{place}: column '{column}' is not text ({type(value).__name__})")
+        if not any(" ".join(v).strip() if isinstance(v, list) else v.strip() for v in raw[column]):
+            raise DataError(f"{source}: every text in column '{column}' is empty; there is nothing to mask")
 
     def _set_tokenizer(self, tokenizer: Any) -> None:
         if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
@@ -410,18 +412,15 @@ class MaskedLMTask:
         token_rows = features["token_rows"]
         if len(features) and features[0]["mask_stream"] == FILL:
             return self._fills(raw, features, token_rows, outputs)
-        sums = np.zeros((len(raw), 5))  # predicted, loss, correct, SBO loss, SBO correct
+        columns = ("token_predicted", "token_loss", "token_correct", "sbo_loss", "sbo_correct")
+        sums = np.zeros((len(raw), len(columns)))  # per text: predicted tokens, then sums over them
         for indices, arrays in outputs:
+            present = [c for c in columns if c in arrays]
             for k, feature in enumerate(indices):
                 rows = np.asarray(token_rows[feature])
                 predicted = arrays["token_predicted"][k, :len(rows)] > 0
-                at = rows[predicted]
-                np.add.at(sums[:, 0], at, 1)
-                np.add.at(sums[:, 1], at, arrays["token_loss"][k, :len(rows)][predicted])
-                np.add.at(sums[:, 2], at, arrays["token_correct"][k, :len(rows)][predicted])
-                if "sbo_loss" in arrays:
-                    np.add.at(sums[:, 3], at, arrays["sbo_loss"][k, :len(rows)][predicted])
-                    np.add.at(sums[:, 4], at, arrays["sbo_correct"][k, :len(rows)][predicted])
+                values = np.stack([arrays[c][k, :len(rows)][predicted] for c in present], axis=1)
+                np.add.at(sums[:, :len(present)], rows[predicted], values)
         out = []
         for predicted, loss, correct, sbo_loss, sbo_correct in sums:
             row = {"masked_tokens": int(predicted), "loss_sum": float(loss), "correct": int(correct)}

@@ -250,3 +250,35 @@ def test_a_non_text_value_names_the_file_and_line(tiny_encoder, tmp_path):
     with pytest.raises(DataError, match=r"train.jsonl line 1: column 'text' is not text \(int\)"):
         fk.train(task="masked-lm", model=tiny_encoder, train_file=str(train), output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_of_empty_texts_is_a_one_line_error(tiny_encoder, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": ""}, {"text": "   "}])
+    with pytest.raises(DataError, match=r"train.jsonl: every text in column 'text' is empty"):
+        fk.train(task="masked-lm", model=tiny_encoder, train_file=str(train), output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    task = MaskedLMTask(TaskSettings(text_column="sentence"))
+    from datasets import Dataset
+
+    with pytest.raises(DataError, match=r"dev.json: every text in column 'sentence' is empty"):
+        task.validate(Dataset.from_list([{"sentence": []}, {"sentence": [" "]}]), "validation", "dev.json")
+    task.validate(Dataset.from_list([{"sentence": []}, {"sentence": ["IL-2"]}]), "validation", "dev.json")
+
+
+def test_split_metrics_are_the_mean_over_every_masked_token(span_run):
+    """masked_tokens, mlm_loss and accuracy recomputed by hand from one forward pass over all
+    test sequences with their scoring masks."""
+    out, metrics = span_run
+    predictor = fk.load(out)
+    raw = predictor.read_file(out.parent / "test.txt")
+    batch = predictor.task.collate([dict(f) for f in prepare_features(predictor.task, raw, "test")])
+    model = predictor.accelerator.unwrap_model(predictor.model)
+    with torch.no_grad():
+        hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        chosen = batch["labels"] != IGNORE_INDEX
+        logits = model.lm_head(hidden[chosen], model.encoder.get_input_embeddings().weight)
+    targets = batch["labels"][chosen]
+    assert metrics["test"]["masked_tokens"] == int(chosen.sum())
+    loss = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert metrics["test"]["mlm_loss"] == pytest.approx(loss, abs=1e-5)
+    assert metrics["test"]["accuracy"] == pytest.approx((logits.argmax(-1) == targets).float().mean().item())
