@@ -143,7 +143,7 @@ def trainer_child(args: dict) -> dict:
                 if k not in best or score > best[k][0]:
                     best[k] = (score, rows[k]["context"][offsets[i][0]: offsets[j][1]])
     predictions = [best.get(k, (0.0, ""))[1] for k in range(len(rows))]
-    metrics = squad_metrics(predictions, [[a["text"] for a in r["answers"]] for r in rows])
+    metrics = squad_metrics(predictions, [[a["text"] for a in r["answers"]] for r in rows], rules="v1.1")
     return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad, "padded_tokens": counter.padded,
             "exact_match": metrics["exact_match"], "f1": metrics["f1"], "torch_threads": torch.get_num_threads()}
 

@@ -17,11 +17,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from torch import nn
-from transformers import AutoConfig
 
 from .adapters import AdapterError, apply_lora, freeze, is_peft_model, load_adapter, merge_adapter
-from .checkpoints import find_resume_checkpoint, list_checkpoints
-from .config import TrainConfig, load_config
+from .checkpoints import check_data, data_fingerprint, find_resume_checkpoint, list_checkpoints
+from .config import ConfigError, TrainConfig, load_config
 from .data import load_splits, read_file
 from .hub import HubUnreachableError
 from .modeling import (
@@ -33,24 +32,23 @@ from .modeling import (
     drop_pooler,
     encoder_from_config,
     load_encoder,
+    load_encoder_config,
     load_tokenizer,
     load_weights,
     package_versions,
+    position_limit,
     read_manifest,
     save_model_dir,
     write_manifest,
 )
+from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
 from .model_card import describe_data, write_model_card
 from .report import ReportSettings, split_report, write_evaluation
-from .task import Task, TaskSettings
+from .task import Task, TaskError, TaskSettings
 from .trainer import Trainer, new_accelerator, prepare_features, stream_outputs
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class OutputDirError(ValueError):
-    """The output directory would overwrite an earlier model."""
 
 
 @dataclass
@@ -153,12 +151,21 @@ def describe_adaptation(config: TrainConfig) -> str:
     return ", ".join(parts)
 
 
+def check_max_length(config: TrainConfig, task: Task) -> None:
+    """The task's inputs must fit the encoder's position embeddings: a longer text would crash
+    inside the encoder, at train or at predict time, only once one that long comes along."""
+    limit = position_limit(load_encoder_config(config.model, config.trust_remote_code))
+    max_length = task.settings.max_length
+    if limit is not None and max_length > limit:
+        given = "" if config.max_length else " (the task's default)"
+        raise ConfigError(f"max_length: {max_length}{given} is more than the encoder {config.model} reads "
+                          f"({limit} tokens); use --max-length {limit} or less (max_length)")
+
+
 def _check_output_dir(config: TrainConfig) -> None:
     """A fresh run must not mix with an earlier one; a resumed run continues the model and
     checkpoints already there."""
     out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir: {out} exists and is not a directory")
     if config.overwrite or config.resume or config.resume_from:
         return
     if (out / MANIFEST).exists():
@@ -187,17 +194,26 @@ def train(config: TrainConfig | str | Path | None = None, overrides: list[str] |
 
 
 def run_training(config: TrainConfig) -> TrainResult:
-    from rich.console import Console
+    from .console import message_console
 
     accelerator = new_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
     )
-    console = Console(stderr=True, quiet=not accelerator.is_main_process)
+    console = message_console(stderr=True, quiet=not accelerator.is_main_process)
+    with locked_output_dir(Path(config.output_dir), enabled=accelerator.is_main_process):
+        return _run_training_locked(config, accelerator, console)
+
+
+def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console: Any) -> TrainResult:
+    """``run_training`` once it holds its output directory."""
+    from rich.markup import escape
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(message)}")
+
     _check_output_dir(config)
-    resume_from = find_resume_checkpoint(config, accelerator.num_processes)
-    if resume_from is not None:
-        console.print(f"Resuming from {resume_from}", soft_wrap=True)
+    resume_from = find_resume_checkpoint(config, accelerator.num_processes, warn)
 
     # Everything that can fail on bad input happens before anything is written.
     task_class = get_task_class(config.task)
@@ -206,14 +222,22 @@ def run_training(config: TrainConfig) -> TrainResult:
         raw, sources = load_splits(config, file_format_fallback(task))
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     task.setup(raw, tokenizer, sources)
+    check_max_length(config, task)
+    # What checkpoints record of the data, and a resumed run must still have (the test split may change).
+    checkpointed = config.save_total_limit > 0 or resume_from is not None
+    fingerprints = {split: data_fingerprint(raw[split]) for split in ("train", "validation")
+                    if checkpointed and split in raw}
+    if resume_from is not None:
+        check_data(resume_from, fingerprints, sources, config, warn)
+        console.print(f"Resuming from {escape(str(resume_from))}")
     features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
 
     set_seed(config.seed)
     encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=uses_pooler(task))
     model = adapt_model(task.build_model(encoder), encoder, config, task)
     trainable, total = count_parameters(model)
-    console.print(f"[bold]{config.task}[/] on {config.model}: {trainable:,} trainable of {total:,} parameters "
-                  f"({describe_adaptation(config)}); {len(raw['train']):,} training examples")
+    console.print(f"[bold]{escape(config.task)}[/] on {escape(config.model)}: {trainable:,} trainable of "
+                  f"{total:,} parameters ({describe_adaptation(config)}); {len(raw['train']):,} training examples")
 
     output_dir = Path(config.output_dir)
     manifest = Manifest(task=config.task, task_state=task.state(), config=config.to_dict(),
@@ -234,7 +258,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             return metrics
 
     trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
-                      output_dir / "train_log.jsonl", resume_from=resume_from)
+                      output_dir / "train_log.jsonl", resume_from=resume_from, data_fingerprints=fingerprints)
     before = evaluate_before_training(accelerator, trainer.model, task, raw, features, config.eval_batch_size)
     state = trainer.train()
 
@@ -270,7 +294,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                           "train_runtime_s": round(state.train_runtime_s, 1), "best_step": state.best_step,
                           "metric_for_best": trainer.metric, "best_metric": state.best_metric})
         for split, split_metrics in metrics.items():
-            console.print(task.write_report(split_metrics, split))
+            console.print(task.write_report(split_metrics, split), markup=False)  # Markdown, shown as written
     accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, metrics=metrics, global_step=state.global_step,
                        train_runtime_s=state.train_runtime_s, train_tokens=state.train_tokens,
@@ -340,10 +364,23 @@ def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_p
     return encoder if keep_pooler else drop_pooler(encoder)
 
 
-class Predictor:
-    """A trained model loaded from its directory, ready to predict and evaluate."""
+def input_list(inputs: Any) -> list[Any]:
+    """The inputs of one ``predict`` call as a list; one bare input (a string, a dict, a number)
+    is an error rather than being iterated (a string's characters, a dict's keys)."""
+    if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
+        raise TaskError(f"predict: takes a list of inputs, not a single {type(inputs).__name__}; "
+                        f"for one input, wrap it in a list: predict([input])")
+    return list(inputs)
 
-    def __init__(self, model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> None:
+
+class Predictor:
+    """A trained model loaded from its directory, ready to predict and evaluate.
+
+    Python code shipped in the directory runs only with ``trust_remote_code``, whatever the
+    training run's settings in the manifest say: a model directory cannot grant itself trust."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
+                 **column_overrides: str | None) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
         config = dict(self.manifest.config)
@@ -352,10 +389,11 @@ class Predictor:
         self.batch_size = batch_size
         task_class = get_task_class(self.manifest.task)
         self.task: Task = task_class(task_settings(config, task_class))
-        trust = bool(config.get("trust_remote_code", False))
-        self.tokenizer = load_tokenizer(str(self.model_dir), trust)
+        self.tokenizer = load_tokenizer(str(self.model_dir), trust_remote_code)
+        self.encoder_config = load_encoder_config(self.model_dir, trust_remote_code)
+        self._check_max_length()
         self.task.load_state(self.manifest.task_state, self.tokenizer)
-        self.model = self._saved_model(trust)
+        self.model = self._saved_model(trust_remote_code)
         self.accelerator = new_accelerator()
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
         self.model.eval()
@@ -366,6 +404,14 @@ class Predictor:
 
     def _saved_model(self, trust: bool) -> nn.Module:
         return saved_task_model(self.model_dir, self.manifest, self.task, trust)
+
+    def _check_max_length(self) -> None:
+        """A manifest written by hand may ask for longer inputs than the encoder has positions for."""
+        limit = position_limit(self.encoder_config)
+        max_length = self.task.settings.max_length
+        if limit is not None and max_length > limit:
+            raise ModelDirError(f"{self.model_dir / MANIFEST}: max_length {max_length} is more than the encoder "
+                                f"reads ({limit} tokens, from its config.json); set max_length to {limit} or less")
 
     def export(self, output_dir: str | Path, merge: bool = False) -> Path:
         """Write a self-contained model directory that loads without peft: the LoRA updates
@@ -381,7 +427,7 @@ class Predictor:
         config = {**self.manifest.config, "lora": False}
         manifest = Manifest(task=self.manifest.task, task_state=self.manifest.task_state, config=config,
                             base_model=self.manifest.base_model, versions=package_versions())
-        save_model_dir(output_dir, model, self.tokenizer, AutoConfig.from_pretrained(self.model_dir), manifest)
+        save_model_dir(output_dir, model, self.tokenizer, self.encoder_config, manifest)
         return output_dir
 
     @property
@@ -391,7 +437,7 @@ class Predictor:
     def predict(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Predict for Python inputs: strings, (text, text_pair) pairs, token lists or dicts of
         columns, as the task reads them (e.g. {"question": ..., "context": ...} for QA)."""
-        rows = self.task.to_examples(inputs)
+        rows = self.task.to_examples(input_list(inputs))
         if not rows:
             return []
         return self.predict_dataset(Dataset.from_list(rows))
@@ -417,15 +463,15 @@ class Predictor:
         return evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
 
 
-def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False) -> Path:
+def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False, trust_remote_code: bool = False) -> Path:
     """Write ``model_dir`` as a self-contained model that loads without peft (see ``Predictor.export``)."""
     if read_manifest(model_dir).config.get("lora") and not merge:
         raise ModelDirError(f"{model_dir}: holds a LoRA adapter; pass --merge (merge=True) to export it merged "
                             "into the encoder")
-    return load(model_dir).export(output_dir, merge=merge)
+    return load(model_dir, trust_remote_code=trust_remote_code).export(output_dir, merge=merge)
 
 
-def export_encoder(model_dir: str | Path, output_dir: str | Path) -> Path:
+def export_encoder(model_dir: str | Path, output_dir: str | Path, trust_remote_code: bool = False) -> Path:
     """Write the encoder of a model directory (LoRA updates merged) with its tokenizer as a plain
     transformers model, which ``AutoModel.from_pretrained`` loads: after masked-LM pretraining,
     the adapted encoder for any other library. The folder appears whole or not at all."""
@@ -435,9 +481,8 @@ def export_encoder(model_dir: str | Path, output_dir: str | Path) -> Path:
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise OutputDirError(f"{output_dir}: exists and is not empty; choose another directory")
-    trust = bool(read_manifest(model_dir).config.get("trust_remote_code", False))
-    encoder = saved_encoder(model_dir, trust)
-    tokenizer = load_tokenizer(str(model_dir), trust)
+    encoder = saved_encoder(model_dir, trust_remote_code)
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -450,21 +495,23 @@ def export_encoder(model_dir: str | Path, output_dir: str | Path) -> Path:
     return output_dir
 
 
-def load(model_dir: str | Path, batch_size: int = 64, **column_overrides: str | None) -> Predictor:
-    """Load a model directory written by ``train``."""
-    return Predictor(model_dir, batch_size=batch_size, **column_overrides)
+def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
+         **column_overrides: str | None) -> Predictor:
+    """Load a model directory written by ``train``; ``trust_remote_code`` lets Python code shipped
+    in it run (a model trained with --trust-remote-code needs it again here)."""
+    return Predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
 
 
 def evaluate(
     model_dir: str | Path, data: str | Path, output: str | Path | None = None, file_format: str = "auto",
     batch_size: int = 64, plots: bool = True, bootstrap_resamples: int = ReportSettings.bootstrap_resamples,
-    seed: int | None = None, **column_overrides: str | None,
+    seed: int | None = None, trust_remote_code: bool = False, **column_overrides: str | None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on a labelled file; writes the report (metrics.json, report.json,
     report.md, report.html, plots/) to ``output`` (default: ``MODEL_DIR/evaluation/<file name>``)
     and returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
     bootstrap's seed is the training run's unless ``seed`` is given."""
-    predictor = load(model_dir, batch_size=batch_size, **column_overrides)
+    predictor = load(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
     raw = predictor.read_file(data, file_format)
     metrics, predictions = predictor.evaluate_with_predictions(raw, str(data))
     if seed is None:

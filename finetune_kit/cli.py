@@ -19,6 +19,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+STDOUT = "-"  # predict --output -: the predictions go to standard output
+TRUST_SAVED_HELP = ("Run Python code shipped in the model directory (a model trained with --trust-remote-code "
+                    "needs it again; only for models you trust).")
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .adapters import AdapterError
@@ -26,11 +30,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .embeddings import EmbeddingError
     from .hub import HubUnreachableError
-    from .modeling import ModelDirError
+    from .modeling import ModelDirError, OutputWriteError
     from .task import DataError, TaskError
 
     return (AdapterError, ConfigError, DataError, EmbeddingError, TaskError, HubUnreachableError, ModelDirError,
-            OutputDirError)
+            OutputDirError, OutputWriteError)
 
 
 def _fail(message: str) -> None:
@@ -60,6 +64,17 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _check_output(check: Any, path: Path, option: str = "--output") -> None:
+    """Fail before any work when ``check`` (``check_output_file`` or ``check_output_directory``)
+    finds that ``path`` cannot be written."""
+    from .modeling import OutputWriteError
+
+    try:
+        check(path)
+    except OutputWriteError as exc:
+        _fail(f"{option} {exc}")
 
 
 def _comma_list(text: str | None) -> list[str] | None:
@@ -122,6 +137,9 @@ def train(
         None, "--resume", help="Continue the run from the latest complete checkpoint in --output."),
     resume_from: Optional[str] = typer.Option(
         None, metavar="DIR", help="Continue the run from this checkpoint folder (OUTPUT/checkpoints/step-N)."),
+    resume_anyway: Optional[bool] = typer.Option(
+        None, "--resume-anyway", help="Resume even if the training or validation data changed since the checkpoint "
+                                      "(a warning instead of an error)."),
     group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
                                                    help="Batch examples of similar length (default: on)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a model already in --output."),
@@ -174,6 +192,7 @@ def train(
         "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
         "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
         "save_steps": save_steps, "save_total_limit": save_total_limit, "resume": resume, "resume_from": resume_from,
+        "resume_anyway": resume_anyway,
         "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
         "task_options": task_options or None, "report_plots": report_plots,
         "bootstrap_resamples": bootstrap_resamples,
@@ -198,17 +217,20 @@ def evaluate(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots in the report."),
     bootstrap_resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals; 0: none."),
     seed: Optional[int] = typer.Option(None, help="Seed of the bootstrap (default: the training run's seed)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
 ) -> None:
     """Evaluate a trained model on a labelled file; writes the report: report.html (open it in a
     browser), report.md, report.json, metrics.json and plots/."""
     from .api import evaluate as run_evaluate
+    from .modeling import check_output_directory
 
     _quiet_libraries()
     if bootstrap_resamples < 0:
         _fail(f"--bootstrap-resamples: {bootstrap_resamples} is not allowed; it must be >= 0")
     out = output or model_dir / "evaluation" / data.stem
+    _check_output(check_output_directory, out, "--output" if output else "the report directory")
     _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size, plots=plots,
-         bootstrap_resamples=bootstrap_resamples, seed=seed,
+         bootstrap_resamples=bootstrap_resamples, seed=seed, trust_remote_code=trust_remote_code,
          text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"Report written to {out} (report.html, report.md, report.json, metrics.json)")
@@ -223,9 +245,11 @@ def compare(
     output: Optional[Path] = typer.Option(None, help="Also write the table to this Markdown file."),
 ) -> None:
     """Runs side by side: their settings and metrics (with 95% intervals where reported)."""
-    from .modeling import atomic_write_text
+    from .modeling import atomic_write_text, check_output_file
     from .report import CompareError, comparison_table, markdown_table
 
+    if output is not None:
+        _check_output(check_output_file, output)
     try:
         columns, rows = comparison_table(directories, all_settings=all_settings)
     except CompareError as exc:
@@ -233,7 +257,7 @@ def compare(
     text = markdown_table(columns, rows)
     typer.echo(text)
     if output is not None:
-        atomic_write_text(output, text + "\n")
+        _run(atomic_write_text, output, text + "\n")
 
 
 @app.command()
@@ -242,28 +266,58 @@ def predict(
     input_file: Path = typer.Option(
         ..., "--input", help="File to predict for (.csv, .tsv, .jsonl, .conll); labels are ignored."),
     output: Path = typer.Option(..., "--output", help="Output file: JSON Lines, one line per input in input order "
-                                "(QA: the official {id: answer} JSON, n-best lists beside it)."),
+                                "(QA: the official {id: answer} JSON, n-best lists beside it); - for standard "
+                                "output."),
     file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
 ) -> None:
     """Predict with a trained model; writes one JSON line per input: the label and its score, or for
     tagging the tokens, their tags and the entities."""
     from .api import load
-    from .modeling import atomic_write_text
+    from .modeling import check_output_file
 
     _quiet_libraries()
-    predictor = _run(load, model_dir, batch_size=batch_size, text_column=text_column,
-                     text_pair_column=text_pair_column)
+    to_stdout = str(output) == STDOUT
+    if not to_stdout:
+        _check_output(check_output_file, output)
+    predictor = _run(load, model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                     text_column=text_column, text_pair_column=text_pair_column)
     predictions = _run(predictor.predict_file, input_file, file_format)
-    writer = getattr(predictor.task, "write_predictions", None)
+    if not to_stdout:
+        paths = _write_predictions(predictor.task, predictions, output)
+        typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")
+        return
+    left_out = _print_predictions(predictor.task, predictions)
+    summary = f"{len(predictions)} predictions written to standard output"
+    if left_out:
+        summary += f"; not written: {', '.join(left_out)} (only beside a file: --output OUTPUT)"
+    typer.echo(summary, err=True)  # standard output holds the predictions alone
+
+
+def _write_predictions(task: Any, predictions: list[dict[str, Any]], output: Path) -> list[Path]:
+    """Write the predictions with the task's own writer (``write_predictions``), else as JSON
+    Lines; returns the files written."""
+    from .modeling import atomic_write_text
+
+    writer = getattr(task, "write_predictions", None)
     if writer is not None:
-        paths = writer(predictions, output)
-    else:
-        atomic_write_text(output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-        paths = [output]
-    typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")
+        return [Path(p) for p in _run(writer, predictions, output)]
+    _run(atomic_write_text, output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    return [output]
+
+
+def _print_predictions(task: Any, predictions: list[dict[str, Any]]) -> list[str]:
+    """Put on standard output what ``--output OUTPUT`` would hold; returns the names of the files
+    the task writes beside OUTPUT (e.g. QA's n-best lists), which are left out."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        written, *beside = _write_predictions(task, predictions, Path(folder) / "OUTPUT")
+        typer.echo(written.read_text(encoding="utf-8"), nl=False)
+    return [p.name for p in beside]
 
 
 @app.command()
@@ -314,6 +368,7 @@ def export(
     merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the encoder's weights."),
     encoder: bool = typer.Option(False, "--encoder", help="Write only the encoder (LoRA merged) and tokenizer as a "
                                  "plain transformers model (AutoModel.from_pretrained), e.g. after masked-lm."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
 ) -> None:
     """Write a self-contained model directory that loads without peft (LoRA merged with --merge),
     or with --encoder the encoder alone as a plain transformers model."""
@@ -322,19 +377,20 @@ def export(
 
     _quiet_libraries()
     if encoder:
-        written = _run(export_encoder, model_dir, output)
+        written = _run(export_encoder, model_dir, output, trust_remote_code=trust_remote_code)
         typer.echo(f"Encoder written to {written} (loads with transformers' AutoModel.from_pretrained)")
         return
-    written = _run(run_export, model_dir, output, merge=merge)
+    written = _run(run_export, model_dir, output, merge=merge, trust_remote_code=trust_remote_code)
     typer.echo(f"Model written to {written}")
 
 
 @app.command("tasks")
 def list_tasks() -> None:
     """List the registered tasks, built-in and from third-party plugins."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    from .console import print_table
     from .registry import available_tasks, get_task_class, task_origin
 
     table = Table("task", "provided by", "description")
@@ -343,8 +399,8 @@ def list_tasks() -> None:
             description = getattr(get_task_class(name), "description", "")
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
             description = f"(cannot be loaded: {exc})"
-        table.add_row(name, task_origin(name), description)
-    Console(width=160).print(table)
+        table.add_row(*map(Text, (name, task_origin(name), str(description))))  # as written: no rich markup
+    print_table(table)
 
 
 @app.command()

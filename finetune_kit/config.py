@@ -4,6 +4,7 @@ overrides, validated with messages that name the field, the bad value and what i
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -117,6 +118,9 @@ class TrainConfig:
     resume: bool = False
     # Continue the run from this checkpoint folder (OUTPUT_DIR/checkpoints/step-N).
     resume_from: str | None = None
+    # Resume even when the training or validation data differ from the data the checkpoint was
+    # trained on (a warning instead of an error).
+    resume_anyway: bool = False
     # Log the training loss every N optimizer steps.
     logging_steps: int = 20
     # Replace a model already in output_dir (otherwise that is an error).
@@ -144,9 +148,53 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _positive(name: str, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{name}: {value!r} is not allowed; it must be greater than 0")
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting allows: from ``low`` to ``high`` (None: unbounded), each end
+    included unless it is open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"greater than {self.low}" if self.low_open else f">= {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Bounds(low=0, low_open=True)
+NON_NEGATIVE = Bounds(low=0)
+SHARE = Bounds(low=0, high=1, high_open=True)
+
+# What every numeric setting allows (each int and float field is listed here); a float must also
+# be finite.
+NUMERIC_BOUNDS: dict[str, Bounds] = {
+    **dict.fromkeys(("epochs", "learning_rate", "head_learning_rate", "lora_alpha", "lora_r", "batch_size",
+                     "eval_batch_size", "max_length", "max_train_samples", "max_steps", "gradient_accumulation_steps",
+                     "eval_steps", "early_stopping_patience", "save_steps", "logging_steps"), POSITIVE),
+    **dict.fromkeys(("weight_decay", "max_grad_norm", "train_top_layers", "save_total_limit",
+                     "bootstrap_resamples"), NON_NEGATIVE),
+    "warmup_ratio": SHARE,
+    "lora_dropout": SHARE,
+    "validation_fraction": Bounds(low=0, high=1, low_open=True, high_open=True),
+    "seed": Bounds(low=0, high=2**32 - 1),  # the seeds numpy accepts
+}
+
+
+def _check_bounds(name: str, value: Any, bounds: Bounds) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: {value!r} is not allowed; it must be a finite number {bounds.describe()}")
+    if not bounds.allows(value):
+        raise ConfigError(f"{name}: {value!r} is not allowed; it must be {bounds.describe()}")
 
 
 def validate(config: TrainConfig) -> None:
@@ -154,33 +202,15 @@ def validate(config: TrainConfig) -> None:
     hints = _field_types()
     for f in fields(config):
         _check_type(f.name, getattr(config, f.name), hints[f.name])
-    for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "head_learning_rate", "max_length",
-                 "gradient_accumulation_steps", "logging_steps", "max_steps", "eval_steps",
-                 "max_train_samples", "early_stopping_patience", "save_steps"):
-        _positive(name, getattr(config, name))
-    if config.bootstrap_resamples < 0:
-        raise ConfigError(f"bootstrap_resamples: {config.bootstrap_resamples!r} is not allowed; it must be >= 0")
-    if config.save_total_limit < 0:
-        raise ConfigError(f"save_total_limit: {config.save_total_limit!r} is not allowed; it must be >= 0")
+    for name, bounds in NUMERIC_BOUNDS.items():
+        _check_bounds(name, getattr(config, name), bounds)
     if config.resume and config.resume_from:
         raise ConfigError("resume_from: give either resume (the latest checkpoint in output_dir) or resume_from "
                           "(one checkpoint folder), not both")
-    if config.weight_decay < 0:
-        raise ConfigError(f"weight_decay: {config.weight_decay!r} is not allowed; it must be >= 0")
-    for name in ("lora_r", "lora_alpha"):
-        _positive(name, getattr(config, name))
-    if not 0 <= config.lora_dropout < 1:
-        raise ConfigError(f"lora_dropout: {config.lora_dropout!r} is not allowed; it must be in [0, 1)")
     if config.lora_target_modules is not None and (
             not config.lora_target_modules or not all(isinstance(m, str) and m for m in config.lora_target_modules)):
         raise ConfigError(f"lora_target_modules: {config.lora_target_modules!r} is not allowed; "
                           "expected a non-empty list of module names")
-    if config.train_top_layers is not None and config.train_top_layers < 0:
-        raise ConfigError(f"train_top_layers: {config.train_top_layers!r} is not allowed; it must be >= 0")
-    if config.validation_fraction is not None and not 0 < config.validation_fraction < 1:
-        raise ConfigError(f"validation_fraction: {config.validation_fraction!r} is not allowed; it must be in (0, 1)")
-    if not 0 <= config.warmup_ratio < 1:
-        raise ConfigError(f"warmup_ratio: {config.warmup_ratio!r} is not allowed; it must be in [0, 1)")
     if config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(
             f"mixed_precision: {config.mixed_precision!r} is not allowed; choose one of "
@@ -271,7 +301,10 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` and dotted ``task_options.key=value`` overrides."""
-    out = {**values, "task_options": dict(values.get("task_options") or {})}
+    options = values.get("task_options")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"task_options: {options!r} is not allowed; expected a mapping of option: value")
+    out = {**values, "task_options": dict(options or {})}
     hints = _field_types()
     for item in overrides:
         if "=" not in item:

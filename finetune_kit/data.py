@@ -10,6 +10,11 @@ becomes one row per question (``id``, ``title``, ``context``, ``question``, ``an
 ``{"text": [...], "answer_start": [...]}``, empty for unanswerable questions), an array becomes
 one row per object (``_item`` numbers them for errors), and a file of several JSON values is
 read as JSON Lines.
+
+Files are UTF-8 (a byte-order mark is allowed): a byte that cannot be decoded is an error naming
+its line and byte offset. In JSON data each column, and each place inside its lists and objects
+(``spans[].start``), holds one kind of value, as the Arrow table needs; a value of another kind
+is an error naming its line.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import csv
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
 from .hub import require_hub
@@ -30,6 +37,7 @@ from .task import DataError
 LINE_COLUMN = "_line"
 TOKEN_LINES_COLUMN = "_token_lines"
 ITEM_COLUMN = "_item"
+SQUAD_VERSION_COLUMN = "squad_version"
 INTERNAL_COLUMNS = (LINE_COLUMN, TOKEN_LINES_COLUMN, ITEM_COLUMN)
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".conll": "conll", ".bio": "conll", ".iob": "conll", ".iob1": "conll", ".iob2": "conll",
@@ -62,10 +70,16 @@ def read_file(path: str | Path, file_format: str = "auto", limit: int | None = N
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path, file_format, fallback_format)
     reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll, "text": _read_text}.get(fmt, _read_delimited)
-    rows = reader(path, fmt, limit)
+    with utf8_errors_named(path):
+        rows = reader(path, fmt, limit)
     if not rows:
         raise DataError(f"{path}: no examples in the file")
-    return Dataset.from_list(rows)
+    if fmt in ("jsonl", "json"):
+        _check_nested_kinds(path, rows)
+    try:
+        return Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # what the checks above do not foresee
+        raise DataError(f"{path}: the values cannot be stored as a table ({exc})") from None
 
 
 def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
@@ -74,6 +88,7 @@ def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, A
     rows: list[dict[str, Any]] = []
     with _open_text(path) as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=fmt == "csv")
+        line = 1  # where the record being read starts: a quoted field may run over several lines
         try:
             header = next(reader, None)
             if header is None:
@@ -97,7 +112,8 @@ def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, A
                 if limit is not None and len(rows) >= limit:
                     break
         except csv.Error as exc:
-            raise DataError(f"{path} line {reader.line_num}: malformed {fmt.upper()} ({exc})") from None
+            unclosed = "; a quote opened in this record is never closed" if reader.line_num > line else ""
+            raise DataError(f"{path} line {line}: malformed {fmt.upper()} ({exc}){unclosed}") from None
     return rows
 
 
@@ -135,7 +151,8 @@ def _read_jsonl(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON Lines file as dicts, each with its line number (``LINE_COLUMN``);
     a malformed line is an error naming it."""
-    return _read_jsonl(Path(path), "jsonl", None)
+    with utf8_errors_named(Path(path)):
+        return _read_jsonl(Path(path), "jsonl", None)
 
 
 def _read_text(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
@@ -163,7 +180,7 @@ def _read_json(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
             return _read_jsonl(path, "jsonl", limit)
         raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(document, dict) and isinstance(document.get("data"), list):
-        return _squad_rows(path, document["data"], limit)
+        return _squad_rows(path, document["data"], limit, document.get("version"))
     items = document if isinstance(document, list) else [document]
     rows: list[dict[str, Any]] = []
     kinds: dict[str, tuple[str, int]] = {}
@@ -175,13 +192,24 @@ def _read_json(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _squad_rows(path: Path, articles: list[Any], limit: int | None) -> list[dict[str, Any]]:
-    """SQuAD v1.1/v2.0 ``data[].paragraphs[].qas[]`` -> one row per question."""
+def _squad_rows(path: Path, articles: list[Any], limit: int | None, version: Any = None) -> list[dict[str, Any]]:
+    """SQuAD v1.1/v2.0 ``data[].paragraphs[].qas[]`` -> one row per question, with the file's
+    ``version`` (when it states one) in ``squad_version``: the official scoring rules differ.
+
+    ``is_impossible`` (v2.0) must agree with the answers: an unanswerable question has
+    ``"answers": []`` (its plausible answers go in ``plausible_answers``), an answerable one has
+    some; a file where they disagree is refused rather than guessed at."""
     rows: list[dict[str, Any]] = []
+    stated = {SQUAD_VERSION_COLUMN: str(version)} if version is not None else {}
 
     def need(value: Any, kind: type, where: str, key: str) -> Any:
         if not isinstance(value, kind) or (kind is str and not value.strip()):
             raise DataError(f"{path}: {where}: '{key}' is missing or not {'text' if kind is str else 'a list'}")
+        return value
+
+    def need_object(value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise DataError(f"{path}: {where}: expected a JSON object, found {type(value).__name__}")
         return value
 
     for a, article in enumerate(articles):
@@ -189,11 +217,14 @@ def _squad_rows(path: Path, articles: list[Any], limit: int | None) -> list[dict
                           "paragraphs")
         for p, paragraph in enumerate(paragraphs):
             here = f"data[{a}].paragraphs[{p}]"
-            context = need(paragraph.get("context"), str, here, "context")
+            context = need(need_object(paragraph, here).get("context"), str, here, "context")
             for q, qa in enumerate(need(paragraph.get("qas"), list, here, "qas")):
                 where = f"{here}.qas[{q}]"
+                need_object(qa, where)
                 question = need(qa.get("question"), str, where, "question")
-                answers = [] if qa.get("is_impossible") else need(qa.get("answers", []), list, where, "answers")
+                question_id = str(qa.get("id", f"{a}-{p}-{q}"))
+                answers = need(qa.get("answers", []), list, where, "answers")
+                _check_impossible(path, f"{where} (question {question_id})", qa.get("is_impossible"), answers)
                 texts, starts = [], []
                 for k, answer in enumerate(answers):
                     if not (isinstance(answer, dict) and isinstance(answer.get("text"), str)
@@ -202,12 +233,27 @@ def _squad_rows(path: Path, articles: list[Any], limit: int | None) -> list[dict
                                         f"\"answer_start\": <int>}}")
                     texts.append(answer["text"])
                     starts.append(answer["answer_start"])
-                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")), "title": str(article.get("title", "")),
+                rows.append({"id": question_id, "title": str(article.get("title", "")),
                              "context": context, "question": question,
-                             "answers": {"text": texts, "answer_start": starts}, ITEM_COLUMN: len(rows) + 1})
+                             "answers": {"text": texts, "answer_start": starts}, **stated, ITEM_COLUMN: len(rows) + 1})
                 if limit is not None and len(rows) >= limit:
                     return rows
     return rows
+
+
+def _check_impossible(path: Path, where: str, impossible: Any, answers: list[Any]) -> None:
+    """A SQuAD v2.0 question's ``is_impossible`` (absent in v1.1) agrees with its answers."""
+    if impossible is None:
+        return
+    if not isinstance(impossible, bool):
+        raise DataError(f"{path}: {where}: is_impossible is {impossible!r}; give true or false")
+    if impossible and answers:
+        raise DataError(f"{path}: {where}: is_impossible is true but it has {len(answers)} answer(s); "
+                        f"give it \"answers\": [] (plausible answers go in \"plausible_answers\") "
+                        f"or set is_impossible to false")
+    if not impossible and not answers:
+        raise DataError(f"{path}: {where}: is_impossible is false but it has no answers; "
+                        f"give its answers or set is_impossible to true")
 
 
 def _read_conll(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
@@ -285,6 +331,95 @@ def _check_value_kinds(
                 f"{path} {unit} {line}: column '{column}' holds {kind}, but {unit} {first[1]} holds {first[0]}; "
                 f"a column must hold one kind of value"
             )
+
+
+def _nested_kind(value: Any) -> str:
+    """The kind of a value inside a list or object; whole and decimal numbers differ here, since
+    Arrow would turn every whole number of the column into a decimal one."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _nested_values(value: Any, pattern: str, place: str) -> Iterator[tuple[str, str, Any]]:
+    """``(pattern, place, value)`` of every value inside a list or an object, at any depth:
+    ``("spans[].start", "spans[2].start", 7)``. Nulls are left out (Arrow stores them anywhere)."""
+    if isinstance(value, list):
+        items = ((f"{pattern}[]", f"{place}[{k}]", item) for k, item in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"{pattern}.{key}", f"{place}.{key}", item) for key, item in value.items())
+    else:
+        return
+    for inner_pattern, inner_place, item in items:
+        if item is not None:
+            yield inner_pattern, inner_place, item
+            yield from _nested_values(item, inner_pattern, inner_place)
+
+
+def _check_nested_kinds(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Every value at one place inside the rows' lists and objects (``spans[].start``) is of one
+    kind, as Arrow needs. Where kinds mix, the odd one out is the first value not of the kind
+    most values there are: ``"0"`` among whole numbers is named, not the first whole number."""
+    seen: dict[str, dict[str, list[Any]]] = {}  # pattern -> kind -> [count, first row, place, value]
+    for number, row in enumerate(rows):
+        for column, value in row.items():
+            if column in INTERNAL_COLUMNS or not isinstance(value, (list, dict)):
+                continue
+            for pattern, place, item in _nested_values(value, column, column):
+                first = seen.setdefault(pattern, {}).setdefault(_nested_kind(item), [0, number, place, item])
+                first[0] += 1
+    mixed = []
+    for pattern, kinds in seen.items():
+        if len(kinds) > 1:
+            order = list(kinds)  # kinds in the order they first appear
+            usual = max(order, key=lambda k: (kinds[k][0], -order.index(k)))
+            odd = next(k for k in order if k != usual)
+            mixed.append((kinds[odd][1], pattern, usual, odd))
+    if not mixed:
+        return
+    _, pattern, usual, odd = min(mixed)
+    _, odd_row, odd_place, odd_value = seen[pattern][odd]
+    _, usual_row, _, usual_value = seen[pattern][usual]
+    raise DataError(f"{where(str(path), rows[odd_row])}: {odd_place} is {_shown(odd_value)} ({odd}), but {pattern} "
+                    f"holds {usual} elsewhere ({place_of(rows[usual_row])}: {_shown(usual_value)}); "
+                    f"write it as {usual}")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def utf8_errors_named(path: Path) -> Iterator[None]:
+    """Turn a ``UnicodeDecodeError`` raised while reading ``path`` into a ``DataError`` naming
+    the line and the byte (a text handle decodes lazily, so it surfaces mid-iteration)."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8: the line and the byte offset (from 0, as a hex
+    dump counts) of its first byte that cannot be decoded, and that byte."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):  # UTF-8 never holds byte 0x0a inside a character
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = offset + exc.start
+                return DataError(f"{path} line {number} (byte offset {bad}): not valid UTF-8 "
+                                 f"(0x{raw[exc.start]:02x}); re-encode the file as UTF-8")
+            offset += len(raw)
+    return DataError(f"{path}: not valid UTF-8; re-encode the file as UTF-8")
 
 
 def _open_text(path: Path):
@@ -374,19 +509,32 @@ def iter_rows(ds: Dataset, columns: Iterable[str]) -> Iterable[dict[str, Any]]:
         yield dict(zip(present, values))
 
 
-def where(source: str, row: dict[str, Any]) -> str:
-    """'file line N' (or 'file item N' in a JSON document) for a row read by these readers."""
+def place_of(row: dict[str, Any]) -> str:
+    """'line N' (or 'item N' in a JSON document) of a row read by these readers; '' if unknown."""
     line = row.get(LINE_COLUMN)
     if line is not None:
-        return f"{source} line {line}"
+        return f"line {line}"
     item = row.get(ITEM_COLUMN)
-    return f"{source} item {item}" if item is not None else source
+    return f"item {item}" if item is not None else ""
+
+
+def where(source: str, row: dict[str, Any]) -> str:
+    """'file line N' (or 'file item N' in a JSON document) for a row read by these readers."""
+    place = place_of(row)
+    return f"{source} {place}" if place else source
+
+
+def token_place(row: dict[str, Any], index: int) -> str:
+    """'line N' of token ``index`` of a row: its own line in a CoNLL file, else the row's line
+    and the token's position ('line N, token 3')."""
+    token_lines = row.get(TOKEN_LINES_COLUMN)
+    if token_lines is not None:
+        return f"line {token_lines[index]}"
+    place = place_of(row)
+    return f"{place}, token {index + 1}" if place else f"token {index + 1}"
 
 
 def where_token(source: str, row: dict[str, Any], index: int) -> str:
-    """'file line N' of token ``index`` of a row: its own line in a CoNLL file, else the row's
-    line and the token's position ('file line N, token 3')."""
-    token_lines = row.get(TOKEN_LINES_COLUMN)
-    if token_lines is not None:
-        return f"{source} line {token_lines[index]}"
-    return f"{where(source, row)}, token {index + 1}"
+    """'file line N' of token ``index`` of a row (see ``token_place``): 'file line N, token 3'."""
+    place = token_place(row, index)
+    return f"{source} {place}" if place.startswith(("line", "item")) else f"{source}, {place}"

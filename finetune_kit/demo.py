@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from rich.markup import escape
 
 from .api import load, train
+from .console import message_console
 from .modeling import packaged_encoder_dir
 from .task import TaskError
 
@@ -24,7 +25,7 @@ DEMO_MESSAGES = [
 
 
 def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, model: str | None = None) -> None:
-    console = Console()
+    console = message_console()
     if model is None:
         packaged = packaged_encoder_dir()
         if packaged is None:
@@ -34,7 +35,7 @@ def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, mode
             )
         model = str(packaged)
     console.rule("[bold]finetune-kit demo: routing support messages to teams")
-    console.print(f"encoder: {model}\ndata: {DEMO_DATA} (train 800, validation 200, test 200)\n")
+    console.print(f"encoder: {escape(model)}\ndata: {escape(str(DEMO_DATA))} (train 800, validation 200, test 200)\n")
     result = train(
         task="text-classification",
         model=model,
@@ -52,11 +53,12 @@ def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, mode
     console.rule("[bold]Predictions from the saved model")
     predictor = load(result.output_dir)
     for message, prediction in zip(DEMO_MESSAGES, predictor.predict(DEMO_MESSAGES)):
-        console.print(f"[cyan]{prediction['label']:>10}[/] ({prediction['score']:.2f})  {message}")
+        label = escape(f"{prediction['label']:>10}")
+        console.print(f"[cyan]{label}[/] ({prediction['score']:.2f})  {message}")
     test = result.metrics.get("test", {})
     console.rule()
     console.print(
         f"test accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f}; "
         f"training took {result.train_runtime_s:.0f} s. The model, its card (README.md) and the "
-        f"report (open report.html in a browser) are in {result.output_dir}/"
+        f"report (open report.html in a browser) are in {escape(str(result.output_dir))}/"
     )

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from .alignment import best_windows, plan_windows, special_tokens_around, word_pieces
-from .data import LINE_COLUMN, read_jsonl_rows
-from .modeling import atomic_write_bytes, atomic_write_text
+from .data import LINE_COLUMN, not_utf8, read_jsonl_rows
+from .modeling import atomic_write_bytes, atomic_write_text, position_limit
 from .task import DataError
 
 LEVELS = ("token", "word", "text")
@@ -173,7 +173,7 @@ def _plain_lines(path: Path) -> list[tuple[int, str]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise DataError(f"{path} line {number}: not valid UTF-8 text") from None
+            raise not_utf8(path) from None
         inputs.append((number, text.removesuffix("\r")))
     return inputs
 
@@ -227,8 +227,8 @@ def _model_limit(encoder: Any, tokenizer: Any) -> int | None:
     tokenizer_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
         limits.append(tokenizer_max)
-    positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
+    positions = position_limit(getattr(encoder, "config", None))
+    if positions is not None:
         limits.append(positions)
     return min(limits) if limits else None
 

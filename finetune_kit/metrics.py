@@ -117,13 +117,23 @@ def answer_exact_match(prediction: str, gold: str) -> int:
     return int(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def answer_f1(prediction: str, gold: str) -> float:
-    """Token-overlap F1 of the normalised answers (SQuAD v2.0 script: when either side is empty,
-    1 if both are, else 0)."""
+SQUAD_RULES = ("v1.1", "v2.0")
+
+
+def squad_rules_of(version: Any) -> str | None:
+    """The scoring rules a SQuAD file's ``version`` calls for ("1.1" -> v1.1, "v2.0" -> v2.0),
+    or None for a version that names neither."""
+    major = str(version).strip().lower().lstrip("v").split(".")[0]
+    return {"1": "v1.1", "2": "v2.0"}.get(major)
+
+
+def answer_f1(prediction: str, gold: str, rules: str = "v2.0") -> float:
+    """Token-overlap F1 of the normalised answers. When either side is empty: under the v2.0
+    rules 1 if both are, else 0; under the v1.1 rules 0 (no token in common)."""
     from collections import Counter
 
     pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
+    if rules == "v2.0" and (not pred_tokens or not gold_tokens):
         return float(pred_tokens == gold_tokens)
     common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     if common == 0:
@@ -132,32 +142,38 @@ def answer_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def gold_answers(texts: Sequence[str]) -> list[str]:
-    """The answers a prediction is compared with: those that normalise to something, else ['']
-    (an unanswerable question: only the empty prediction is right), as the v2.0 script does."""
+def gold_answers(texts: Sequence[str], rules: str = "v2.0") -> list[str]:
+    """The answers a prediction is compared with. v2.0 rules: those that normalise to something,
+    else [''] (an unanswerable question: only the empty prediction is right). v1.1 rules: all of
+    them, so a gold answer such as "." is matched by an empty prediction."""
+    if rules == "v1.1":
+        return list(texts) or [""]
     kept = [t for t in texts if normalize_answer(t)]
     return kept or [""]
 
 
-def answer_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+def answer_scores(prediction: str, golds: Sequence[str], rules: str = "v2.0") -> tuple[float, float]:
     """(exact match, F1) of one prediction: the maximum over the gold answers."""
-    golds = gold_answers(golds)
+    golds = gold_answers(golds, rules)
     return (float(max(answer_exact_match(prediction, g) for g in golds)),
-            max(answer_f1(prediction, g) for g in golds))
+            max(answer_f1(prediction, g, rules) for g in golds))
 
 
-def squad_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Exact match and F1 (fractions of 1), overall and, when some questions have no answer,
-    for answerable (HasAns) and unanswerable (NoAns) questions separately."""
-    scores = [answer_scores(p, g) for p, g in zip(predictions, golds, strict=True)]
+def squad_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]], rules: str = "v2.0") -> dict[str, Any]:
+    """Exact match and F1 (fractions of 1) by the official SQuAD ``rules`` (v1.1 or v2.0), overall
+    and, under the v2.0 rules when some questions have no answer, for answerable (HasAns) and
+    unanswerable (NoAns) questions separately."""
+    if rules not in SQUAD_RULES:
+        raise ValueError(f"unknown SQuAD rules {rules!r}; expected one of {', '.join(SQUAD_RULES)}")
+    scores = [answer_scores(p, g, rules) for p, g in zip(predictions, golds, strict=True)]
     has_answer = [gold_answers(g) != [""] for g in golds]
 
     def mean(values: list[float]) -> float:
         return float(np.mean(values)) if values else 0.0
 
     out: dict[str, Any] = {"exact_match": mean([s[0] for s in scores]), "f1": mean([s[1] for s in scores]),
-                           "num_questions": len(scores)}
-    if not all(has_answer):
+                           "num_questions": len(scores), "squad_rules": rules}
+    if rules == "v2.0" and not all(has_answer):
         for name, wanted in (("HasAns", True), ("NoAns", False)):
             subset = [s for s, h in zip(scores, has_answer) if h == wanted]
             out[f"{name}_exact_match"] = mean([s[0] for s in subset])

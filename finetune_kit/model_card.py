@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .modeling import WEIGHTS, atomic_write_text
-from .report import markdown_table
+from .report import Markdown, interval_text, markdown_code, markdown_table, markdown_text
 
 MODEL_CARD = "README.md"
 
@@ -91,15 +92,27 @@ def yaml_header(task: str, base_model: str, data: list[dict[str, Any]], results:
     return header
 
 
-def loading_section(task: str, is_adapter: bool, model_dir: str) -> list[str]:
-    """How to load the model, with finetune_kit and, where it really works, plain transformers."""
+def python_string(text: str) -> str:
+    """``text`` as a Python string literal (escapes included, so a code block cannot be broken out of)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def loading_section(task: str, is_adapter: bool, model_dir: str, runs_code: bool = False) -> list[str]:
+    """How to load the model, with finetune_kit and, where it really works, plain transformers.
+    ``runs_code``: the encoder's code ships with it, which only runs when the user trusts it."""
+    trust = ", trust_remote_code=True" if runs_code else ""
     lines = ["## How to load it", "", "With finetune-kit (the task head, label maps and tuned thresholds included):",
-             "```python", "import finetune_kit as fk", "", f'model = fk.load("{model_dir}")',
+             "```python", "import finetune_kit as fk", "", f"model = fk.load({python_string(model_dir)}{trust})",
              "model.predict([...])  # inputs as the task reads them", "```", ""]
+    if runs_code:
+        lines += ["The encoder's architecture is Python code shipped with the model: it runs only when loading is "
+                  "given `trust_remote_code=True` (`--trust-remote-code` on the command line); give it only for a "
+                  "model whose source you trust.", ""]
     if is_adapter:
         lines += ["The directory holds a LoRA adapter and the task head, not full weights: `fk.load` builds the base "
                   "encoder named above and applies them. Plain transformers cannot load it as it is; "
-                  f"`finetune-kit export {model_dir} --merge --output MERGED` writes a full model first."]
+                  f"{markdown_code(f'finetune-kit export {shlex.quote(model_dir)} --merge --output MERGED')} writes a "
+                  "full model first."]
         return lines
     lines += [
         f"With plain transformers: `{WEIGHTS}` holds the encoder's weights under the prefix `encoder.` beside the "
@@ -110,7 +123,7 @@ def loading_section(task: str, is_adapter: bool, model_dir: str) -> list[str]:
         "from safetensors.torch import load_file",
         "from transformers import AutoConfig, AutoModel, AutoTokenizer",
         "",
-        f'directory = "{model_dir}"',
+        f"directory = {python_string(model_dir)}",
         "tokenizer = AutoTokenizer.from_pretrained(directory)",
         "encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))",
         f'weights = load_file(f"{{directory}}/{WEIGHTS}")',
@@ -151,9 +164,9 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
     results = headline_results(report)
     header = yaml_header(task, manifest.base_model, data, results, Path(model_dir).name or "model")
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", "",
-             f"# {Path(model_dir).name or 'model'}: {task}", "",
-             f"A `{task}` model fine-tuned with finetune-kit from `{manifest.base_model}`."]
-    lines += ["", "## Base encoder", "", f"`{manifest.base_model}`, adapted by "
+             f"# {markdown_text(Path(model_dir).name or 'model')}: {task}", "",
+             f"A `{task}` model fine-tuned with finetune-kit from {markdown_code(manifest.base_model)}."]
+    lines += ["", "## Base encoder", "", f"{markdown_code(manifest.base_model)}, adapted by "
               + ("LoRA adapters (the task head trained fully)" if config.get("lora") else "full fine-tuning")
               + (f"; only the top {config['train_top_layers']} layer(s) trained"
                  if config.get("train_top_layers") is not None else "")
@@ -161,7 +174,7 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
     lines += ["", "## Training and evaluation data", "", markdown_table(
         ["split", "source", "examples", "bytes", "sha256"],
         [[e["split"], e.get("file", e["source"]), e.get("examples", ""), e.get("bytes", ""),
-          f"`{e['sha256']}`" if "sha256" in e else e.get("note", "")] for e in data])]
+          Markdown(f"`{e['sha256']}`") if "sha256" in e else e.get("note", "")] for e in data])]
     for entry in data:
         if entry.get("labels"):
             lines += ["", f"Label distribution, {entry['split']}:", "",
@@ -176,10 +189,10 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
     lines += ["", "## Results"]
     for split, rows in results.items():
         if rows:
-            lines += ["", f"{split} ({next((e.get('file') or e['source'] for e in data if e['split'] == split), split)}):",
-                      "", markdown_table(["metric", "value", "95% CI"],
-                                     [[r["metric"], r["value"],
-                                       f"[{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""] for r in rows])]
+            source = next((e.get("file") or e["source"] for e in data if e["split"] == split), split)
+            lines += ["", f"{split} ({markdown_text(source)}):", "",
+                      markdown_table(["metric", "value", "95% CI"], [[r["metric"], r["value"], interval_text(r)]
+                                                                     for r in rows])]
         elif split in metrics:
             lines += ["", f"{split}: see metrics.json."]
     intervals = next((p["intervals"] for p in report.get("splits", {}).values() if p.get("intervals")), None)
@@ -189,7 +202,8 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
                   "`report.html`."]
     lines += ["", "## Intended use and limitations", "",
               f"For `{task}` on text like the training data described above.", "", LIMITATIONS]
-    lines += ["", *loading_section(task, bool(config.get("lora")), model_dir), ""]
+    lines += ["", *loading_section(task, bool(config.get("lora")), model_dir,
+                                   bool(config.get("trust_remote_code"))), ""]
     return "\n".join(lines)
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -68,26 +72,204 @@ def resolve_model_path(name: str) -> str:
     return str(packaged) if packaged is not None else name
 
 
-def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
-    """Load from disk or cache first; reach for the Hub only when it answers."""
-    path = resolve_model_path(name)
-    if Path(path).is_dir():
-        return loader.from_pretrained(path, **kwargs)
+CONFIG_FILE = "config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# Files that hold a tokenizer's vocabulary: the fast tokenizer's own file, a WordPiece or BPE
+# vocabulary, a SentencePiece or tiktoken model. Without one, transformers builds a tokenizer of
+# the special tokens alone, and every word becomes [UNK].
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model", "*.tiktoken")
+REMOTE_CODE_FLAG = "--trust-remote-code (trust_remote_code=True)"
+# Encoders that number positions after the padding index, as fairseq did (transformers'
+# ``create_position_ids_from_input_ids``): n tokens read positions padding_idx+1 .. padding_idx+n.
+PADDING_OFFSET_MODEL_TYPES = frozenset({
+    "camembert", "data2vec-text", "esm", "ibert", "layoutlmv3", "lilt", "longformer", "luke", "markuplm", "mpnet",
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "xmod",
+})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """The settings in a model folder's JSON file, or None when the file is not there."""
+    if not path.is_file():
+        return None
     try:
-        return loader.from_pretrained(path, local_files_only=True, **kwargs)
-    except OSError:
-        pass
-    require_hub(what, name, PACKAGED_HINT)
-    return loader.from_pretrained(path, **kwargs)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                            f"restore the file from the model's source") from None
+    except UnicodeDecodeError:
+        raise ModelDirError(f"{path}: not UTF-8 text; restore the file from the model's source") from None
+    except OSError as exc:
+        raise ModelDirError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings; restore the "
+                            f"file from the model's source")
+    return data
+
+
+def remote_code_classes(folder: Path, config: dict[str, Any]) -> list[str]:
+    """The classes a model folder asks transformers to import from its own Python files: the
+    ``auto_map`` of its config.json and tokenizer_config.json."""
+    maps = [config.get("auto_map"), (_read_json_object(folder / TOKENIZER_CONFIG) or {}).get("auto_map")]
+    classes: list[str] = []
+    for auto_map in maps:
+        values = auto_map.values() if isinstance(auto_map, dict) else [auto_map] if auto_map else []
+        for value in values:
+            for ref in value if isinstance(value, (list, tuple)) else [value]:
+                if ref and str(ref) not in classes:
+                    classes.append(str(ref))
+    return classes
+
+
+def check_model_folder(folder: Path, trust_remote_code: bool) -> dict[str, Any]:
+    """Check a local model folder before transformers reads it: a config.json of valid JSON that
+    names an architecture transformers knows, and no Python code of the folder's to run unless
+    the caller trusts it. Returns config.json's settings."""
+    config_path = folder / CONFIG_FILE
+    config = _read_json_object(config_path)
+    if config is None:
+        if not any(folder.iterdir()):
+            raise ModelDirError(f"{folder}: the folder is empty; give a model folder (config.json, model.safetensors "
+                                f"and the tokenizer files) or a Hub id")
+        raise ModelDirError(f"{config_path}: not found; {folder} is not a model folder (config.json, "
+                            f"model.safetensors and the tokenizer files)")
+    classes = remote_code_classes(folder, config)
+    if classes and not trust_remote_code:
+        raise ModelDirError(f"{folder}: loading it runs Python code shipped in the folder ({', '.join(classes)}); "
+                            f"pass {REMOTE_CODE_FLAG} to run it, only for a model whose source you trust")
+    auto_map = config.get("auto_map")
+    if not (isinstance(auto_map, dict) and "AutoConfig" in auto_map):
+        _check_model_type(config_path, config.get("model_type"))
+    return config
+
+
+def _check_model_type(config_path: Path, model_type: Any) -> None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not model_type:
+        raise ModelDirError(f"{config_path}: has no model_type; it must name the architecture (e.g. \"bert\")")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ModelDirError(f"{config_path}: model_type {model_type!r} is not an architecture transformers "
+                            f"{version('transformers')} knows; correct model_type, or upgrade transformers if the "
+                            f"model is newer")
+
+
+def check_weight_files(folder: Path) -> None:
+    """Open every safetensors file of a folder (its header only): a file cut short by a download
+    or copy fails here, named, instead of deep inside transformers."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise _damaged_weights(path, exc) from None
+
+
+def _damaged_weights(path: Path, exc: BaseException) -> ModelDirError:
+    return ModelDirError(f"{path}: cannot be read as safetensors weights ({_one_line(exc)}); the file is damaged "
+                         f"or incomplete (e.g. a download or copy cut short): copy it again")
+
+
+def _load_error(exc: Exception, name: str) -> ModelDirError | None:
+    """A transformers loading error as one line, for the errors that are the model's, not ours."""
+    text = _one_line(exc)
+    if "trust_remote_code=True" in text:
+        return ModelDirError(f"{name}: loading it runs Python code shipped with the model; pass {REMOTE_CODE_FLAG} "
+                             f"to run it, only for a model whose source you trust")
+    if "does not recognize this architecture" in text or text.startswith("Unrecognized"):
+        return ModelDirError(f"{name}: transformers {version('transformers')} cannot load this model "
+                             f"({text.split('. ')[0]})")
+    return None
+
+
+@contextmanager
+def _loading(name: str, local: bool) -> Iterator[None]:
+    """Turn the errors transformers raises for a model it cannot load into one-line
+    ``ModelDirError``s; a missing or unreadable file of a local folder is one too."""
+    try:
+        yield
+    except ModelDirError:
+        raise
+    except ValueError as exc:
+        error = _load_error(exc, name)
+        if error is None:
+            raise
+        raise error from None
+    except OSError as exc:
+        if not local:
+            raise
+        raise ModelDirError(f"{name}: cannot be loaded ({_one_line(exc)})") from None
+
+
+def _from_pretrained(loader: Any, name: str, what: str, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Load from disk or cache first; reach for the Hub only when it answers. A local folder is
+    checked first (``check_model_folder``), so that bad files fail with one line naming them."""
+    path = resolve_model_path(name)
+    kwargs["trust_remote_code"] = trust_remote_code
+    if Path(path).is_dir():
+        check_model_folder(Path(path), trust_remote_code)
+        with _loading(path, local=True):
+            return loader.from_pretrained(path, **kwargs)
+    with _loading(name, local=False):
+        try:
+            return loader.from_pretrained(path, local_files_only=True, **kwargs)
+        except OSError:
+            pass
+        require_hub(what, name, PACKAGED_HINT)
+        return loader.from_pretrained(path, **kwargs)
+
+
+def load_encoder_config(name: str | Path, trust_remote_code: bool = False) -> Any:
+    """The encoder's transformers configuration (config.json)."""
+    return _from_pretrained(AutoConfig, str(name), "model", trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """The encoder's fast tokenizer, refused when it is not whole (``check_vocabulary``)."""
+    path = resolve_model_path(name)
+    if Path(path).is_dir():
+        check_model_folder(Path(path), trust_remote_code)
+        check_vocabulary_files(Path(path))
     tokenizer = _from_pretrained(AutoTokenizer, name, "model", trust_remote_code=trust_remote_code)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelDirError(
             f"{name}: the tokenizer is not a fast (Rust) tokenizer; finetune-kit needs one for offsets"
         )
+    check_vocabulary(tokenizer, load_encoder_config(name, trust_remote_code), path)
     return tokenizer
+
+
+def check_vocabulary_files(folder: Path) -> None:
+    if not any(next(folder.glob(pattern), None) for pattern in VOCABULARY_FILES):
+        raise ModelDirError(f"{folder}: holds no tokenizer vocabulary (none of tokenizer.json, vocab.txt, vocab.json, "
+                            f"a SentencePiece .model or a .tiktoken file); copy the encoder's tokenizer files into it")
+
+
+def check_vocabulary(tokenizer: Any, config: Any, name: str) -> None:
+    """A tokenizer with less than half of the encoder's vocabulary lost its vocabulary files or
+    belongs to another model. (Encoders pad their embedding matrix by a few rows at most, e.g.
+    to a multiple of 64, never to twice the tokenizer's size.)"""
+    vocab_size = getattr(config, "vocab_size", None)
+    if isinstance(vocab_size, int) and 2 * len(tokenizer) < vocab_size:
+        raise ModelDirError(f"{name}: the tokenizer has {len(tokenizer)} tokens for an encoder of {vocab_size}; its "
+                            f"vocabulary files are missing or belong to another model: copy the encoder's tokenizer "
+                            f"files (tokenizer.json, or vocab.txt / vocab.json / a SentencePiece .model) into it")
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input, in tokens with the special ones, that an encoder has position
+    embeddings for; None when it has no absolute positions (e.g. DeBERTa-v3's relative ones)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
+        return positions - (int(getattr(config, "pad_token_id", None) or 0) + 1)
+    return positions
 
 
 def drop_pooler(encoder: nn.Module) -> nn.Module:
@@ -107,14 +289,18 @@ def load_encoder(name: str, trust_remote_code: bool = False, keep_pooler: bool =
         from .api import saved_encoder
 
         return saved_encoder(path, trust_remote_code, keep_pooler)
+    if Path(path).is_dir():
+        check_model_folder(Path(path), trust_remote_code)
+        check_weight_files(Path(path))
     encoder = _from_pretrained(AutoModel, name, "model", trust_remote_code=trust_remote_code)
     return encoder if keep_pooler else drop_pooler(encoder)
 
 
 def encoder_from_config(model_dir: Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
     """An encoder with the saved architecture and no pretrained weights (they come next)."""
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    config = load_encoder_config(model_dir, trust_remote_code)
+    with _loading(str(model_dir), local=True):
+        encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     return encoder if keep_pooler else drop_pooler(encoder)
 
 
@@ -149,21 +335,102 @@ def _umask() -> int:
     return mask
 
 
+class OutputWriteError(OSError):
+    """A file that cannot be written (a directory in its place, no permission, a full disk); the
+    message names the file and the reason the system gave."""
+
+
+def _cannot_write(path: Path, reason: str) -> OutputWriteError:
+    return OutputWriteError(f"{path}: cannot be written ({reason}); choose another location")
+
+
+def _file_kind(path: Path) -> str:
+    """What ``path`` is, following symbolic links: missing, file, directory, stream (a character
+    device or a FIFO: a terminal, /dev/null, a pipe), or other (a socket, a block device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:  # a loop of links, a folder that cannot be searched
+        raise _cannot_write(path, exc.strerror or str(exc)) from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "stream" if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) else "other"
+
+
+def _output_file_kind(path: Path) -> str:
+    """``_file_kind`` of a path a file is to be written to; raises ``OutputWriteError`` when it
+    cannot be: a directory or a socket is there, a folder above it is a file, or that folder
+    cannot be written to."""
+    kind = _file_kind(path)
+    if kind == "directory":
+        raise OutputWriteError(f"{path}: is a directory; give a file name")
+    if kind == "other":
+        raise OutputWriteError(f"{path}: is a socket or a block device, not a file; give a file name")
+    if kind != "stream":
+        _check_folder(Path(os.path.realpath(path)).parent, path)
+    return kind
+
+
+def check_output_file(path: str | Path) -> None:
+    """Fail now, before any work, when ``path`` cannot be written as a file (``OutputWriteError``)."""
+    _output_file_kind(Path(path))
+
+
+def check_output_directory(path: str | Path) -> None:
+    """Fail now, before any work, when files cannot be written into the folder ``path``."""
+    path = Path(path)
+    if _file_kind(path) not in ("missing", "directory"):
+        raise OutputWriteError(f"{path}: exists and is not a directory; give a directory")
+    _check_folder(Path(os.path.realpath(path)), path)
+
+
+def _check_folder(folder: Path, path: Path) -> None:
+    """The nearest existing folder at or above ``folder`` must be a directory one can write in."""
+    existing = next(p for p in (folder, *folder.parents) if _file_kind(p) != "missing")
+    if _file_kind(existing) != "directory":
+        raise _cannot_write(path, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _cannot_write(path, f"{existing} is not writable")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that a crash leaves the old content or the new one, never half."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``atomic_write_text`` for binary content (images)."""
+    """``atomic_write_text`` for binary content (images).
+
+    A symbolic link stays a link: the file it points to gets the content. A character device or
+    FIFO (/dev/null, a terminal or pipe behind /dev/stdout, a named pipe) is written directly,
+    since renaming a file onto it would replace the device itself. A failure raises
+    ``OutputWriteError`` and leaves no temporary file behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if _output_file_kind(path) == "stream":
+            with open(path, "wb") as handle:
+                handle.write(data)
+        else:
+            _replace_file(Path(os.path.realpath(path)), data)
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise _cannot_write(path, exc.strerror or str(exc)) from None
+
+
+def _replace_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``target``, then rename it onto ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual mode
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -231,7 +498,10 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     path = Path(model_dir) / WEIGHTS
     if not path.is_file():
         raise ModelDirError(f"{path}: weights file not found")
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except SafetensorError as exc:
+        raise _damaged_weights(path, exc) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelDirError(

@@ -53,8 +53,35 @@ class ReportSettings:
 
 # -- Markdown helpers used by the tasks' ``write_report`` ------------------------------------
 
+MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "|": "\\|", "[": "\\[",
+                                  "`": "\\`", "\r": " ", "\n": " "})
+
+
+def markdown_text(value: Any) -> str:
+    """Text from the data or the user (labels, example texts, file, model and column names) as
+    Markdown that shows it as written: HTML tags become text (a Hub page or Markdown viewer would
+    run them), ``|`` and line breaks cannot split a table row, and ``[`` and backticks start no
+    link, image or code span."""
+    return str(value).translate(MARKDOWN_ESCAPES)
+
+
+def markdown_code(value: Any) -> str:
+    """Text from the data or the user as an inline code span (outside tables): delimited by more
+    backticks than any run of them in it, so nothing in it ends the span; line breaks become spaces."""
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    padding = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
+class Markdown(str):
+    """Text that is Markdown already (any data or user text in it passed through ``markdown_text``):
+    a table cell shows it as it is."""
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    """A Markdown table; header names and cells are shown as written (``markdown_text``)."""
+    lines = ["| " + " | ".join(markdown_text(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(markdown_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -66,7 +93,7 @@ def per_label_table(per_label: dict[str, dict[str, Any]]) -> str:
 
 def confusion_table(confusion: dict[str, Any]) -> str:
     labels = confusion["labels"]
-    rows = [[f"**{gold}**", *counts] for gold, counts in zip(labels, confusion["matrix"])]
+    rows = [[Markdown(f"**{markdown_text(gold)}**"), *counts] for gold, counts in zip(labels, confusion["matrix"])]
     return markdown_table(["gold \\ predicted", *labels], rows)
 
 
@@ -359,10 +386,10 @@ def _mark_events(marks: list[list[Any]]) -> list[tuple[int, bool, str]]:
 def markdown_marked(value: dict[str, Any]) -> str:
     text, out, cursor = value["text"], [], 0
     for pos, opens, label in _mark_events(value["marks"]):
-        out.append(text[cursor:pos])
-        out.append("\\[" if opens else f"\\]{label}")
+        out.append(markdown_text(text[cursor:pos]))
+        out.append("\\[" if opens else f"\\]{markdown_text(label)}")
         cursor = pos
-    out.append(text[cursor:])
+    out.append(markdown_text(text[cursor:]))
     return "".join(out)
 
 
@@ -378,13 +405,13 @@ def html_marked(value: dict[str, Any]) -> str:
 
 
 def markdown_cell(value: Any) -> str:
+    if isinstance(value, Markdown):
+        return value
     if isinstance(value, dict) and "marks" in value:
-        text = markdown_marked(value)
-    elif isinstance(value, (list, tuple)):
-        text = "; ".join(format_number(v) for v in value)
-    else:
-        text = "" if value is None else format_number(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+        return markdown_marked(value)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(markdown_text(format_number(v)) for v in value)
+    return "" if value is None else markdown_text(format_number(value))
 
 
 def html_cell(value: Any) -> str:
@@ -396,7 +423,7 @@ def html_cell(value: Any) -> str:
 
 
 def interval_text(row: dict[str, Any]) -> str:
-    return f"[{row['low']:.4f}, {row['high']:.4f}]" if "low" in row else ""
+    return Markdown(f"[{row['low']:.4f}, {row['high']:.4f}]") if "low" in row else ""
 
 
 def chart_as_table(block: dict[str, Any]) -> dict[str, Any]:
@@ -432,32 +459,35 @@ def blocks_markdown(blocks: list[dict[str, Any]], with_plots: bool) -> list[str]
         if block["kind"] == "table" and block.get("summarised"):
             continue
         if block["kind"] == "table":
-            lines += [f"**{block['title']}**", markdown_table(block["columns"], block["rows"])]
+            lines += [f"**{markdown_text(block['title'])}**", markdown_table(block["columns"], block["rows"])]
             if block.get("note"):
-                lines.append(block["note"])
+                lines.append(markdown_text(block["note"]))
         elif "plot" in block and with_plots:
-            lines.append(f"![{block['title']}]({block['plot']})")
+            lines.append(f"![{markdown_text(block['title'])}]({block['plot']})")
         elif block["kind"] == "heatmap":
             shown = chart_as_table(block)
-            lines += [f"**{shown['title']}**", markdown_table(shown["columns"], shown["rows"])]
+            lines += [f"**{markdown_text(shown['title'])}**", markdown_table(shown["columns"], shown["rows"])]
     return lines
 
 
 def render_markdown(task: Task, report: dict[str, Any]) -> str:
     """The tasks' own summaries (``write_report``) per split, then the headline intervals and the
     sections' charts (as links to the PNG files) and tables the summaries do not already show."""
-    chunks = [f"# {report['title']}",
-              "\n".join(f"- **{key.replace('_', ' ')}**: {value}" for key, value in report["header"].items())]
+    chunks = [f"# {markdown_text(report['title'])}",
+              "\n".join(f"- **{markdown_text(key.replace('_', ' '))}**: {markdown_text(format_number(value))}"
+                        for key, value in report["header"].items())]
     plots = any("plot" in b for _, s in all_sections(report) for b in s["blocks"])
     for split, part in report["splits"].items():
-        chunks.append(task.write_report(part["metrics"], split))
+        name = markdown_text(split)  # an evaluation's split is named after its data file
+        chunks.append(task.write_report(part["metrics"], name))
         extra = headline_markdown(part)
         if extra:
-            chunks += [f"### {split}: headline metrics with 95% confidence intervals", *extra]
+            chunks += [f"### {name}: headline metrics with 95% confidence intervals", *extra]
         for s in part["sections"]:
             body = blocks_markdown(s["blocks"], plots)
             if body:
-                chunks += [f"### {split}: {s['title']}", *([s["note"]] if s.get("note") else []), *body]
+                chunks += [f"### {name}: {markdown_text(s['title'])}",
+                           *([markdown_text(s["note"])] if s.get("note") else []), *body]
     if report.get("training"):
         chunks += ["## Training", *blocks_markdown(report["training"]["blocks"], plots)]
     return "\n\n".join(chunk for chunk in chunks if chunk) + "\n"
@@ -640,9 +670,9 @@ def comparison_table(directories: Sequence[str | Path], all_settings: bool = Fal
             for r in runs:
                 value = metric_at(r["metrics"].get(split, {}), key)
                 interval = r["intervals"].get(split, {}).get(key)
-                text = "" if value is None else format_number(value)
+                text = "" if value is None else markdown_text(format_number(value))
                 if interval:
                     text += f" [{interval['low']:.4f}, {interval['high']:.4f}]"
-                cells.append(text)
+                cells.append(Markdown(text))
             rows.append([f"{split} {key}", *cells])
     return columns, rows

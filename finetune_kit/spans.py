@@ -60,7 +60,8 @@ def read_spans(value: Any, num_words: int, layout: str, here: str, tag_scheme: s
         else:
             start, end, label = item.get("start"), item.get("end"), item.get("label")
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
-            raise DataError(f"{here}: span {k + 1} needs whole-number start and end")
+            raise DataError(f"{here}: span {k + 1} (start {_shown(start)}, end {_shown(end)}): start and end "
+                            f"must be whole numbers (word indices, end exclusive)")
         if not isinstance(label, str) or not label.strip():
             raise DataError(f"{here}: span {k + 1} ({start}, {end}) has no label")
         if end <= start:
@@ -69,6 +70,13 @@ def read_spans(value: Any, num_words: int, layout: str, here: str, tag_scheme: s
             raise DataError(f"{here}: span {k + 1} ({start}, {end}) is outside the sentence's {num_words} words")
         out.append((start, end, label))
     return out
+
+
+def _shown(value: Any) -> str:
+    """A span field as the JSON file writes it ("0", 1.5, true, null)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
 
 
 def outermost(entities: Iterable[Span]) -> list[Span]:

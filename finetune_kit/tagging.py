@@ -10,6 +10,7 @@ Pure functions on lists of strings; the tagging task and span NER build on them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,37 +47,173 @@ def entity_type(tag: str) -> str:
     return split_tag(tag)[1]
 
 
-def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
-    """The scheme a set of tag sequences is written in.
+# What a tag shows of the scheme it is written in (its role), and the schemes that admit it:
+# O fits every scheme; a B-/I- whose entity goes on (the next tag is I-, E- or L- of its type)
+# every scheme with entities; a B-/I- that ends its entity only IOB2 (and IOB1), since BIOES and
+# BILOU end one with E-/S- or L-/U-; E-/S- only BIOES; L-/U- only BILOU; a tag without a prefix
+# only plain labels. IOB1 is told from IOB2 afterwards, by how its entities start.
+ROLE_SCHEMES: dict[str, frozenset[str]] = {
+    "outside": frozenset({"IOB2", "BIOES", "BILOU", "none"}),
+    "inside": frozenset({"IOB2", "BIOES", "BILOU"}),
+    "ending": frozenset({"IOB2"}),
+    "BIOES": frozenset({"BIOES"}),
+    "BILOU": frozenset({"BILOU"}),
+    "plain": frozenset({"none"}),
+}
+# The scheme detected when several admit every tag (only B-/I- tags: IOB2, BIOES and BILOU do).
+DETECTION_ORDER = ("IOB2", "BIOES", "BILOU", "none")
 
-    E-/S- prefixes mean BIOES, L-/U- BILOU; with only B-/I- the data is IOB2 when some entity
-    starts with B- after O, another type or the sentence start (IOB1 never does that), IOB1 when
-    some entity starts with I- and none with B-; tags without any prefix are plain labels.
-    """
-    prefixes: set[str] = set()
-    iob2_evidence = iob1_evidence = False
-    for tags in sequences:
-        previous = OUTSIDE
-        for tag in tags:
-            prefix, kind = split_tag(tag)
-            prefixes.add(prefix)
-            prev_prefix, prev_kind = split_tag(previous)
-            continues = prev_prefix in ("B", "I") and prev_kind == kind
-            if prefix == "B" and not continues:
-                iob2_evidence = True
-            elif prefix == "I" and not continues:
-                iob1_evidence = True
-            previous = tag
-    entity_prefixes = prefixes - {OUTSIDE}
-    if entity_prefixes == {""}:
-        return "none"
-    if entity_prefixes & set("ES"):
+
+@dataclass(frozen=True)
+class TagAt:
+    """A tag of a set of sequences: sequence ``sentence``, position ``index``, and its role."""
+
+    sentence: int
+    index: int
+    tag: str
+    role: str
+
+
+class MixedSchemesError(TagError):
+    """Tags that no one scheme admits: ``odd``, the first tag that the scheme of most other tags
+    (``scheme``) does not admit, and ``usual``, a tag showing that scheme. ``readable_as`` is
+    a scheme that reads every tag (an explicit choice), if one does."""
+
+    def __init__(self, odd: TagAt, usual: TagAt, scheme: str, readable_as: str | None) -> None:
+        super().__init__(f"tag {odd.tag} does not fit the {scheme} tags of the rest")
+        self.odd, self.usual, self.scheme, self.readable_as = odd, usual, scheme, readable_as
+
+    def explain(self, odd_place: str, usual_place: str, scheme_option: str | None = None) -> str:
+        """The one-line message: '<odd_place>: tag E-PER is BIOES, but the file's other tags are
+        IOB2 (<usual_place>: B-LOC); fix the tag' (and how to choose a scheme that reads it)."""
+        fix = "fix the tag"
+        if scheme_option and self.readable_as:
+            readable = self.readable_as
+            fix += f", or set {scheme_option}={readable} to read every tag as {scheme_words(readable)}"
+        return (f"{odd_place}: {describe_tag(self.odd, self.scheme)}, but the file's other tags are "
+                f"{scheme_words(self.scheme)} ({usual_place}: {self.usual.tag}); {fix}")
+
+
+def scheme_words(scheme: str) -> str:
+    return "plain labels without a scheme" if scheme == "none" else scheme
+
+
+def describe_tag(tag: TagAt, against: str) -> str:
+    """What makes ``tag`` foreign to the scheme ``against``, in words."""
+    if tag.role in ("BIOES", "BILOU"):
+        return f"tag {tag.tag} is {tag.role}"
+    if tag.role == "plain":
+        return f"tag {tag.tag} has no B-/I- prefix"
+    if tag.role == "starting":
+        return f"tag {tag.tag} starts an entity, as IOB1 does ({against} starts one with B-)"
+    if against in ("BIOES", "BILOU"):
+        closing = "E- or S-" if against == "BIOES" else "L- or U-"
+        return f"tag {tag.tag} ends an entity, as IOB2 does ({against} ends one with {closing})"
+    return f"tag {tag.tag} is an entity tag"
+
+
+def tag_role(tag: str, next_tag: str | None) -> str:
+    """The role of ``tag`` followed by ``next_tag`` (None: the sentence ends); see ROLE_SCHEMES."""
+    prefix, kind = split_tag(tag)
+    if prefix == OUTSIDE:
+        return "outside"
+    if prefix == "":
+        return "plain"
+    if prefix in "ES":
         return "BIOES"
-    if entity_prefixes & set("LU"):
+    if prefix in "LU":
         return "BILOU"
-    if iob1_evidence and not iob2_evidence:
-        return "IOB1"
-    return "IOB2"
+    next_prefix, next_kind = split_tag(next_tag) if next_tag is not None else (None, "")
+    return "inside" if next_prefix in ("I", "E", "L") and next_kind == kind else "ending"
+
+
+def tags_with_roles(sequences: Sequence[Sequence[str]]) -> Iterable[TagAt]:
+    """Every tag other than O, in order, with its role."""
+    for s, tags in enumerate(sequences):
+        for i, tag in enumerate(tags):
+            role = tag_role(tag, tags[i + 1] if i + 1 < len(tags) else None)
+            if role != "outside":
+                yield TagAt(s, i, tag, role)
+
+
+def _entity_starts(sequences: Sequence[Sequence[str]]) -> tuple[TagAt | None, TagAt | None]:
+    """The first entity that starts with B- and the first that starts with I- (after O, another
+    type or the sentence start): IOB2 starts every entity with B-, IOB1 only one right after
+    another of its type."""
+    b_start = i_start = None
+    for s, tags in enumerate(sequences):
+        previous = OUTSIDE
+        for i, tag in enumerate(tags):
+            prefix, kind = split_tag(tag)
+            prev_prefix, prev_kind = split_tag(previous)
+            if not (prev_prefix in ("B", "I") and prev_kind == kind):
+                if prefix == "B" and b_start is None:
+                    b_start = TagAt(s, i, tag, "starting")
+                elif prefix == "I" and i_start is None:
+                    i_start = TagAt(s, i, tag, "starting")
+            previous = tag
+            if b_start is not None and i_start is not None:
+                return b_start, i_start
+    return b_start, i_start
+
+
+def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
+    """The scheme a set of tag sequences is written in: the one that admits every tag (see
+    ROLE_SCHEMES), IOB2 before BIOES before BILOU where several do. With only B-/I- tags the
+    data is IOB1 when some entity starts with I- and none with B- (after O, another type or the
+    sentence start). Tags that no scheme admits together raise ``MixedSchemesError``.
+    """
+    sequences = [list(tags) for tags in sequences]
+    admitted = frozenset(DETECTION_ORDER)
+    for tag in tags_with_roles(sequences):
+        admitted &= ROLE_SCHEMES[tag.role]
+        if not admitted:
+            raise _mixed_schemes(sequences)
+    scheme = next(s for s in DETECTION_ORDER if s in admitted)
+    if scheme == "IOB2":
+        b_start, i_start = _entity_starts(sequences)
+        if i_start is not None and b_start is None:
+            return "IOB1"
+    return scheme
+
+
+def _mixed_schemes(sequences: Sequence[Sequence[str]]) -> MixedSchemesError:
+    """The error for tags of several schemes: the scheme that admits the most tags is the file's;
+    the first tag it does not admit is the odd one, shown beside a tag that only that scheme
+    (not the odd tag's) admits."""
+    tags = list(tags_with_roles(sequences))
+    admits = {s: sum(s in ROLE_SCHEMES[t.role] for t in tags) for s in DETECTION_ORDER}
+    scheme = max(DETECTION_ORDER, key=lambda s: (admits[s], -DETECTION_ORDER.index(s)))
+    odd = next(t for t in tags if scheme not in ROLE_SCHEMES[t.role])
+    fitting = [t for t in tags if scheme in ROLE_SCHEMES[t.role]]
+    usual = next((t for t in fitting if not ROLE_SCHEMES[t.role] & ROLE_SCHEMES[odd.role]), fitting[0])
+    if scheme == "IOB2":
+        b_start, i_start = _entity_starts(sequences)
+        scheme = "IOB1" if i_start is not None and b_start is None else "IOB2"
+    readable = scheme if all(_fits(t.tag, scheme) for t in tags) else None
+    return MixedSchemesError(odd, usual, scheme, readable)
+
+
+def _fits(tag: str, scheme: str) -> bool:
+    try:
+        check_tag(tag, scheme)
+    except TagError:
+        return False
+    return True
+
+
+def first_foreign_tag(sequences: Iterable[Sequence[str]], scheme: str) -> TagAt | None:
+    """The first tag of data for a model that tags in ``scheme`` showing that the data is written
+    in another scheme (see ROLE_SCHEMES), or for an IOB2 model the first entity start of data in
+    IOB1 (no entity starts with B-); None when the data fits. IOB1 models read IOB2 data too."""
+    sequences = [list(tags) for tags in sequences]
+    admitting = "IOB2" if scheme == "IOB1" else scheme
+    foreign = next((t for t in tags_with_roles(sequences) if admitting not in ROLE_SCHEMES[t.role]), None)
+    if foreign is None and scheme == "IOB2":
+        b_start, i_start = _entity_starts(sequences)
+        if i_start is not None and b_start is None:
+            return i_start
+    return foreign
 
 
 def check_tag(tag: str, scheme: str) -> None:

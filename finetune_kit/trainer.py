@@ -236,19 +236,25 @@ class TrainingLog:
 
     A fresh run starts it empty. A resumed run keeps the records up to its checkpoint's step;
     those the interrupted run wrote after it are dropped, since the resumed run writes them again.
+    The file is (re)written only with the first record, so a run that fails before it leaves the
+    log as it was.
     """
 
     def __init__(self, path: Path, enabled: bool, resumed_at_step: int | None = None) -> None:
         self.path = path
         self.enabled = enabled
+        self._kept: str | None = None  # what the file starts with, until it is written
         if enabled:
-            kept = "" if resumed_at_step is None else log_lines_through(path, resumed_at_step)
-            atomic_write_text(path, kept)
+            self._kept = "" if resumed_at_step is None else log_lines_through(path, resumed_at_step)
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if not self.enabled:
+            return
+        if self._kept is not None:
+            atomic_write_text(self.path, self._kept)
+            self._kept = None
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def log_lines_through(path: Path, step: int) -> str:
@@ -290,6 +296,7 @@ class Trainer:
         save_best: Callable[[torch.nn.Module], None],
         log_path: Path,
         resume_from: Path | None = None,
+        data_fingerprints: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.task = task
@@ -301,13 +308,13 @@ class Trainer:
         self.state = TrainState()
         self.running_loss, self.running_batches = 0.0, 0
         self.output_dir = Path(config.output_dir)
-        self.settings = {**run_settings(config, accelerator.num_processes), "train_features": len(train_features)}
+        self.settings = {**run_settings(config, accelerator.num_processes),
+                         "train_features": len(train_features), "data": data_fingerprints or {}}
         self.resume_from = resume_from
         self.resumed = read_checkpoint(resume_from) if resume_from is not None else None
         if self.resumed is not None:
             check_settings(resume_from, self.resumed, {"train_features": len(train_features)}, resume_option(config))
-        elif accelerator.is_main_process:
-            remove_checkpoints(self.output_dir)  # an earlier run's: only there when overwriting it
+        self._writing = False
         self.log = TrainingLog(log_path, accelerator.is_main_process,
                                resumed_at_step=self.resumed["step"] if self.resumed is not None else None)
 
@@ -409,6 +416,16 @@ class Trainer:
             return self.loader
         return self.accelerator.skip_first_batches(self.loader, batches_done)
 
+    def _start_writing(self) -> None:
+        """Called once the run's first optimizer step is done: from here on the run writes into
+        the output directory, and a fresh run clears an earlier run's checkpoints (there only
+        when overwriting it). A run that fails before this leaves the directory as it was."""
+        if self._writing:
+            return
+        self._writing = True
+        if self.resumed is None and self.accelerator.is_main_process:
+            remove_checkpoints(self.output_dir)
+
     def _save_checkpoint(self, epoch: int, batches_done: int) -> None:
         """Checkpoint at an optimizer-step boundary; training continues with batch
         ``batches_done`` of ``epoch``."""
@@ -460,6 +477,7 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
+                self._start_writing()
                 state.epoch = epoch + (batch_index + 1) / len(self.loader)
                 elapsed = self._elapsed()
                 progress.update(1)

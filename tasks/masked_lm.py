@@ -3,11 +3,12 @@
 Texts (plain text lines, a JSON Lines / CSV column, or lists of words) are tokenized and
 packed into ``[CLS] ... [SEP]`` sequences of ``max_length`` tokens, texts split by [SEP]
 (``packing=documents``, the default: no padding waste, no token lost) or one text per
-sequence (``packing=lines``). Masks are drawn when batches are made (dynamic masking, see
-``finetune_kit.masking``) from a generator seeded by the run's seed, the epoch and the
-sequence, so that a resumed or multi-process run draws exactly the masks of an uninterrupted
-one; evaluation masks do not depend on the epoch, so the encoder before training and after it
-are scored on the very same masked tokens.
+sequence (``packing=lines``); a text the tokenizer turns into nothing (only control or
+zero-width characters) is left out, with a warning that counts them. Masks are drawn when
+batches are made (dynamic masking, see ``finetune_kit.masking``) from a generator seeded by
+the run's seed, the epoch and the sequence, so that a resumed or multi-process run draws
+exactly the masks of an uninterrupted one; evaluation masks do not depend on the epoch, so the
+encoder before training and after it are scored on the very same masked tokens.
 
 The head is BERT's prediction head (dense, activation, LayerNorm, then the input embeddings,
 tied, plus a bias), initialised from the checkpoint's own head when it has a BERT- or
@@ -26,6 +27,8 @@ unigram), span_p (0.2), max_span_words (10), sbo (false), packing (documents | l
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from finetune_kit.batching import padded
-from finetune_kit.data import LINE_COLUMN, require_columns, where
+from finetune_kit.data import LINE_COLUMN, place_of, require_columns, where
 from finetune_kit.masking import (
     IGNORE_INDEX,
     NOT_A_WORD,
@@ -82,6 +85,8 @@ PRETRAINED_HEADS = (
 # What ``mask_stream`` says a feature is for: training (masks change every epoch), scoring
 # (fixed masks), or filling in the [MASK] tokens the text already has.
 TRAIN, SCORE, FILL = 0, 1, 2
+# A letter or a digit: a text with one always has a token.
+WORD_CHARACTER = re.compile(r"[^\W_]")
 # Learning rate of a head that starts from random weights (the checkpoint has none).
 NEW_HEAD_LEARNING_RATE = 5e-4
 
@@ -261,6 +266,7 @@ class MaskedLMTask:
         self.unigram_counts: dict[int, int] = {}
         self.epoch = 0
         self.head_pretrained = False
+        self.texts_without_tokens: dict[str, int] = {}  # file -> texts left out, having no token
 
     @property
     def default_head_learning_rate(self) -> float | None:
@@ -271,9 +277,9 @@ class MaskedLMTask:
     def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
         if "train" not in raw:
             raise TaskError("no training split given")
+        self._set_tokenizer(tokenizer)
         for split, ds in raw.items():
             self.validate(ds, split, sources[split])
-        self._set_tokenizer(tokenizer)
         if self.options["random_tokens"] == "unigram":
             self.unigram_counts = self._count_tokens(raw["train"])
         self._set_random_tokens()
@@ -293,6 +299,36 @@ class MaskedLMTask:
                 raise DataError(f"{place}: column '{column}' is not text ({type(value).__name__})")
         if not any(" ".join(v).strip() if isinstance(v, list) else v.strip() for v in raw[column]):
             raise DataError(f"{source}: every text in column '{column}' is empty; there is nothing to mask")
+        if self.tokenizer is not None:
+            self._check_tokens(raw, split, source)
+
+    def _check_tokens(self, raw: Dataset, split: str, source: str) -> None:
+        """Texts that tokenize to nothing (only control, zero-width or other characters the
+        tokenizer drops) are left out of the sequences; a split of nothing else is an error."""
+        column = self.settings.text_column
+        empty = self._texts_without_tokens(raw[column])
+        if not empty:
+            return
+        if len(empty) == len(raw):
+            raise DataError(f"{source}: every text in column '{column}' is empty to the tokenizer, which drops "
+                            f"their characters (control or zero-width ones); there is nothing to mask")
+        if split != "predict":
+            self.texts_without_tokens[source] = len(empty)
+            first = place_of(raw[empty[0]])
+            warnings.warn(f"{source}: {len(empty)} text(s) in column '{column}' are empty to the tokenizer (only "
+                          f"control, zero-width or other characters it drops) and are left out"
+                          + (f" (the first on {first})" if first else ""), stacklevel=3)
+
+    def _texts_without_tokens(self, values: list[Any]) -> list[int]:
+        """Positions of the texts that tokenize to nothing. A letter or a digit always makes a
+        token, so only texts without one are tokenized here."""
+        maybe = [i for i, v in enumerate(values)
+                 if not WORD_CHARACTER.search(" ".join(v) if isinstance(v, list) else v)]
+        empty = []
+        for start in range(0, len(maybe), 1000):
+            chunk = maybe[start:start + 1000]
+            empty += [i for i, (ids, _) in zip(chunk, self._tokenize([values[i] for i in chunk])) if not ids]
+        return empty
 
     def _set_tokenizer(self, tokenizer: Any) -> None:
         if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
@@ -318,6 +354,8 @@ class MaskedLMTask:
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"head_pretrained": self.head_pretrained}
+        if self.texts_without_tokens:
+            state["texts_without_tokens"] = self.texts_without_tokens
         if self.unigram_counts:
             state["unigram_counts"] = {str(k): v for k, v in sorted(self.unigram_counts.items())}
         return state

@@ -6,7 +6,8 @@ linear layer gives every token a start and an end score; an answer is the best s
 tokens over all the windows of a question, mapped back to character offsets, so it is always an
 exact substring of the context. For SQuAD v2.0 the [CLS] position stands for "no answer": a
 question gets no answer when ``null score - best span score > threshold``, and the threshold is
-tuned on the validation set after training and saved with the model.
+tuned on the validation set after training and saved with the model. Exact match and F1 follow
+the official evaluation script of the data's SQuAD version (see ``_rules``).
 
 Task options (``-o key=value``):
 - ``doc_stride`` (a third of max_length: 128 at 384): tokens two consecutive windows share.
@@ -36,13 +37,14 @@ from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from finetune_kit.alignment import char_span_to_tokens
-from finetune_kit.data import iter_rows, require_columns, where
+from finetune_kit.data import SQUAD_VERSION_COLUMN, iter_rows, require_columns, where
 from finetune_kit.metrics import (
     answer_scores,
     gold_answers,
     normalize_answer,
     null_threshold_curve,
     squad_metrics,
+    squad_rules_of,
     tune_null_threshold,
 )
 from finetune_kit.modeling import atomic_write_text
@@ -176,6 +178,7 @@ class QuestionAnsweringTask:
         require_columns(raw, [question, context] + ([answers] if labelled else []), source, self._column_hints())
         seen: dict[str, str] = {}
         skipped = 0
+        stated_v1 = self._stated_rules(raw) == "v1.1"
         for row in iter_rows(raw, ["id", question, context, *([answers] if labelled else [])]):
             here = self._where(source, row)
             for column in (question, context):
@@ -192,6 +195,9 @@ class QuestionAnsweringTask:
                     or not isinstance(gold.get("answer_start"), list) or len(gold["text"]) != len(gold["answer_start"]):
                 raise DataError(f"{here}: column '{answers}' must be {{\"text\": [...], \"answer_start\": [...]}} "
                                 f"with one start per text")
+            if stated_v1 and not gold["text"]:
+                raise DataError(f"{here}: no answer, but the file states SQuAD version 1.1, where every question "
+                                f"has one; give its answers, or state \"version\": \"v2.0\" if questions may have none")
             for text, start in zip(gold["text"], gold["answer_start"]):
                 if answer_matches(row[context], text, start):
                     continue
@@ -384,25 +390,44 @@ class QuestionAnsweringTask:
     def _golds(self, raw: Dataset) -> list[list[str]]:
         return [list(answers["text"]) for answers in raw[self._columns[2]]]
 
-    def _best_threshold(self, predictions: list[dict[str, Any]], golds: list[list[str]]) -> tuple[float, float]:
+    @staticmethod
+    def _stated_rules(raw: Dataset) -> str | None:
+        """The scoring rules of the SQuAD version a split's file states (None: it states none)."""
+        if SQUAD_VERSION_COLUMN not in raw.column_names or len(raw) == 0:
+            return None
+        return squad_rules_of(raw[0][SQUAD_VERSION_COLUMN])
+
+    def _rules(self, raw: Dataset, golds: list[list[str]]) -> str:
+        """The official SQuAD rules a split is scored by ("v1.1" or "v2.0"): those of the version
+        its file states, else v2.0 when questions may have no answer (the model was trained with
+        such questions, or this split has some), else v1.1."""
+        stated = self._stated_rules(raw)
+        if stated is not None:
+            return stated
+        return "v2.0" if self.with_negatives or any(not g for g in golds) else "v1.1"
+
+    def _best_threshold(self, predictions: list[dict[str, Any]], golds: list[list[str]],
+                        rules: str) -> tuple[float, float]:
         """The no-answer threshold that maximises F1 on these predictions, and that F1."""
-        span_f1 = [answer_scores(p["best_span"], g)[1] for p, g in zip(predictions, golds)]
-        null_f1 = [answer_scores("", g)[1] for g in golds]
+        span_f1 = [answer_scores(p["best_span"], g, rules)[1] for p, g in zip(predictions, golds)]
+        null_f1 = [answer_scores("", g, rules)[1] for g in golds]
         return tune_null_threshold([p["null_score_diff"] for p in predictions], span_f1, null_f1)
 
     def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> None:
         """Tune the no-answer threshold on the validation predictions (SQuAD v2.0 only)."""
         if self.with_negatives and self.options["no_answer_threshold"] is None:
-            self.threshold, _ = self._best_threshold(predictions, self._golds(raw))
+            golds = self._golds(raw)
+            self.threshold, _ = self._best_threshold(predictions, golds, self._rules(raw, golds))
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         golds = self._golds(raw)
-        metrics = squad_metrics([self._answer_at(p, self.threshold) for p in predictions], golds)
+        rules = self._rules(raw, golds)
+        metrics = squad_metrics([self._answer_at(p, self.threshold) for p in predictions], golds, rules)
         if self.with_negatives:
             metrics["no_answer_threshold"] = self.threshold
-            metrics["at_threshold_0"] = squad_metrics([self._answer_at(p, 0.0) for p in predictions], golds)
+            metrics["at_threshold_0"] = squad_metrics([self._answer_at(p, 0.0) for p in predictions], golds, rules)
             # the official script's best_f1: the F1 this split would give at its own best threshold
-            metrics["best_f1_threshold"], metrics["best_f1"] = self._best_threshold(predictions, golds)
+            metrics["best_f1_threshold"], metrics["best_f1"] = self._best_threshold(predictions, golds, rules)
         bad = sum(len(a["text"]) for a in raw[self._columns[2]]) - sum(
             len(self._good_answers(row)) for row in iter_rows(raw, self._columns))
         if bad:
@@ -419,7 +444,7 @@ class QuestionAnsweringTask:
                     ["questions", metrics["num_questions"]]]
             rows += [[k.replace("_", " "), metrics[k]] for k in ("loss",) if k in metrics]
             return "\n\n".join([f"## {title}", markdown_table(["metric", "value"], rows),
-                                *self._skipped_notes(metrics)])
+                                *self._rules_notes(metrics), *self._skipped_notes(metrics)])
         header = ["no-answer threshold", "EM", "F1", "HasAns EM", "HasAns F1", "NoAns EM", "NoAns F1"]
         rows = [[0.0, *figures(metrics["at_threshold_0"])],
                 [f"{metrics['no_answer_threshold']:.4f} (tuned on validation, saved)", *figures(metrics)]]
@@ -428,8 +453,13 @@ class QuestionAnsweringTask:
                  f"{metrics['best_f1_threshold']:.4f} (F1 {metrics['best_f1']:.4f})."]
         if "loss" in metrics:
             notes.append(f"Loss: {metrics['loss']:.4f}.")
-        notes += self._skipped_notes(metrics)
+        notes += self._rules_notes(metrics) + self._skipped_notes(metrics)
         return "\n\n".join([f"## {title}", markdown_table(header, rows), " ".join(notes)])
+
+    @staticmethod
+    def _rules_notes(metrics: dict[str, Any]) -> list[str]:
+        rules = metrics.get("squad_rules")
+        return [f"Scored by the official SQuAD {rules} rules."] if rules else []
 
     def _skipped_notes(self, metrics: dict[str, Any]) -> list[str]:
         notes = []
@@ -445,8 +475,9 @@ class QuestionAnsweringTask:
         question word, the no-answer threshold curve (v2.0), and wrong answers beside the gold
         ones in their context."""
         golds = self._golds(raw)
+        rules = self._rules(raw, golds)
         answers = [self._answer_at(p, self.threshold) for p in predictions]
-        scores = [answer_scores(a, g) for a, g in zip(answers, golds)]
+        scores = [answer_scores(a, g, rules) for a, g in zip(answers, golds)]
         em, f1 = [s[0] for s in scores], [s[1] for s in scores]
         statistics = [mean_of("exact_match", em), mean_of("f1", f1)]
         headline = [("exact match", "exact_match"), ("F1", "f1")]
@@ -463,7 +494,7 @@ class QuestionAnsweringTask:
                     self._breakdown("F1 by question word", "question word", word_of, em, f1,
                                     ["what", "which", "who", "when", "where", "why", "how", "other"])]
         if self.with_negatives:
-            sections.append(self._threshold_section(predictions, golds))
+            sections.append(self._threshold_section(predictions, golds, rules))
         sections.append(self._wrong_answers(predictions, raw, answers, f1))
         return {"headline": headline, "bootstrap": statistics, "resampling_unit": "question", "sections": sections}
 
@@ -488,10 +519,11 @@ class QuestionAnsweringTask:
         return section(title, [table(title, [what, "questions", "EM", "F1"], rows),
                                bar_chart(title, names, {"EM": [r[2] for r in rows], "F1": [r[3] for r in rows]})])
 
-    def _threshold_section(self, predictions: list[dict[str, Any]], golds: list[list[str]]) -> dict[str, Any]:
+    def _threshold_section(self, predictions: list[dict[str, Any]], golds: list[list[str]],
+                           rules: str) -> dict[str, Any]:
         """Mean F1 against the no-answer threshold on this split, the saved threshold marked."""
-        span_f1 = [answer_scores(p["best_span"], g)[1] for p, g in zip(predictions, golds)]
-        null_f1 = [answer_scores("", g)[1] for g in golds]
+        span_f1 = [answer_scores(p["best_span"], g, rules)[1] for p, g in zip(predictions, golds)]
+        null_f1 = [answer_scores("", g, rules)[1] for g in golds]
         diffs = [p["null_score_diff"] for p in predictions]
         finite = [d for d in diffs if np.isfinite(d)]
         clipped = [d if np.isfinite(d) else (max(finite) + 1 if finite else 0.0) for d in diffs]
@@ -536,15 +568,25 @@ class QuestionAnsweringTask:
         return {"answerable": sum(has), "unanswerable": len(has) - sum(has)}
 
     def write_predictions(self, predictions: list[dict[str, Any]], path: Path) -> list[Path]:
-        """The official format, ``{question_id: answer}`` ("" for no answer), at ``path``, and the
-        n-best lists as JSON Lines beside it (``<name>.nbest.jsonl``)."""
+        """The official format, ``{question_id: answer}`` ("" for no answer), at ``path``; the
+        n-best lists as JSON Lines beside it (``<name>.nbest.jsonl``); and for a model that may
+        answer nothing (v2.0), ``<name>.null_odds.json``: ``{question_id: null score - best span
+        score}``, the number the no-answer threshold is compared with. The official v2.0 script
+        reads it with ``--na-prob-file`` and, given ``--na-prob-thresh`` the saved threshold, makes
+        the same no-answer decisions."""
         path = Path(path)
         nbest_path = path.with_name(path.stem + ".nbest.jsonl")
         atomic_write_text(nbest_path, "".join(json.dumps({"id": p["id"], "nbest": p["nbest"]}, ensure_ascii=False)
                                               + "\n" for p in predictions))
+        written = [path, nbest_path]
+        if self.with_negatives:
+            odds_path = path.with_name(path.stem + ".null_odds.json")
+            atomic_write_text(odds_path, json.dumps({p["id"]: p["null_score_diff"] for p in predictions},
+                                                    ensure_ascii=False, indent=1) + "\n")
+            written.append(odds_path)
         atomic_write_text(path, json.dumps({p["id"]: p["answer"] for p in predictions}, ensure_ascii=False, indent=1)
                           + "\n")
-        return [path, nbest_path]
+        return written
 
 
 def question_word(question: str) -> str:

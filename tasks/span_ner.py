@@ -13,7 +13,9 @@ from the window where it has the most context.
 
 Data: JSON Lines ``{"tokens": [...], "spans": [{"start": i, "end": j, "label": "X"}]}`` (word
 indices, end exclusive), GENIA's JSON (``{"sentence": [...], "ner": [{"index": [...], "type"}]}``)
-or any file token classification reads (BIO tags, turned into spans).
+or any file token classification reads (BIO tags, turned into spans; the scheme is detected
+from the whole training data, and other tagged files must be in it). A gold span given twice in
+a sentence is one entity (a warning says how many and where the first is).
 
 Task options (``-o key=value``):
 - ``max_span_width`` (8): the longest candidate span, in words.
@@ -49,12 +51,12 @@ from finetune_kit.alignment import (
     word_pieces,
 )
 from finetune_kit.batching import padded
-from finetune_kit.data import iter_rows, require_columns, where
+from finetune_kit.data import iter_rows, place_of, require_columns, token_place, where, where_token
 from finetune_kit.metrics import span_metrics
 from finetune_kit.report import entity_error_section, markdown_table, per_label_blocks, per_label_table, section
 from finetune_kit.stats import micro_prf
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
-from finetune_kit.tagging import detect_scheme
+from finetune_kit.tagging import MixedSchemesError, describe_tag, detect_scheme, first_foreign_tag, scheme_words
 from finetune_kit.task import (
     DataError,
     OutputBatch,
@@ -205,6 +207,7 @@ class SpanNerTask:
         self.threshold: float | dict[str, float] = float(fixed) if fixed is not None else 0.5
         self.tag_scheme = ""
         self.too_wide: dict[str, int] = {}  # file -> gold spans longer than max_span_width
+        self.duplicates: dict[str, int] = {}  # file -> gold spans that repeat one of their sentence
         self._split_columns: dict[str, tuple[str, str, str]] = {}  # split -> (tokens, spans, layout)
         self.tokenizer: Any = None
 
@@ -227,12 +230,31 @@ class SpanNerTask:
         return tokens, spans_col, layout_of(raw[spans_col] if spans_col in names else [])
 
     def _gold(self, tokens: list[str], value: Any, layout: str, here: str) -> list[tuple[int, int, str]]:
-        return read_spans(value, len(tokens), layout, here, self.tag_scheme)
+        """A sentence's gold spans, each once: a span given twice (same start, end and type) is
+        one entity, for training and scoring alike."""
+        return list(dict.fromkeys(read_spans(value, len(tokens), layout, here, self.tag_scheme)))
 
     def _split_gold(self, raw: Dataset, source: str) -> list[list[tuple[int, int, str]]]:
         tokens_col, spans_col, layout = self._columns_for(raw)
         return [self._gold(row[tokens_col], row[spans_col], layout, where(source, row))
                 for row in iter_rows(raw, [tokens_col, spans_col])]
+
+    def _count_duplicates(self, raw: Dataset, source: str) -> None:
+        """Gold spans given twice in a sentence are counted once; say how many and where the
+        first one is (and keep the count with the model, as ``duplicate_gold_spans``)."""
+        tokens_col, spans_col, layout = self._columns_for(raw)
+        duplicates, first = 0, None
+        for row in iter_rows(raw, [tokens_col, spans_col]):
+            given = read_spans(row[spans_col], len(row[tokens_col]), layout, where(source, row), self.tag_scheme)
+            extra = len(given) - len(set(given))
+            if extra and first is None:
+                first = place_of(row)
+            duplicates += extra
+        if duplicates:
+            self.duplicates[source] = duplicates
+            warnings.warn(f"{source}: {duplicates} gold span(s) repeat a span of their sentence (same start, end "
+                          f"and type) and are counted once" + (f" (the first on {first})" if first else ""),
+                          stacklevel=3)
 
     # -- setup and validation ------------------------------------------------------------------
     def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
@@ -243,7 +265,7 @@ class SpanNerTask:
         require_columns(train, [tokens_col, spans_col], sources["train"],
                         {tokens_col: "--text-column", spans_col: "--label-column"})
         if layout == "tags":
-            self.tag_scheme = detect_scheme(train[spans_col])
+            self.tag_scheme = self._detect_scheme(train, spans_col, sources["train"])
             if self.tag_scheme == "none":
                 raise TaskError(f"{sources['train']}: the tags have no B-/I- prefixes; span-ner needs entity tags")
         self._check_tokens(train, tokens_col, sources["train"])
@@ -253,6 +275,27 @@ class SpanNerTask:
         self._set_tokenizer(tokenizer)
         for split, ds in raw.items():
             self.validate(ds, split, sources[split])
+
+    @staticmethod
+    def _detect_scheme(train: Dataset, tags_col: str, source: str) -> str:
+        """The tagging scheme of the whole training split; tags of several schemes are an error
+        naming the first odd one."""
+        try:
+            return detect_scheme(train[tags_col])
+        except MixedSchemesError as exc:
+            odd, usual = exc.odd, exc.usual
+            raise DataError(exc.explain(where_token(source, train[odd.sentence], odd.index),
+                                        token_place(train[usual.sentence], usual.index))) from None
+
+    def _check_scheme(self, raw: Dataset, tags_col: str, source: str) -> None:
+        """Tagged data is in the scheme of the training data, whose entities the model learnt."""
+        if not self.tag_scheme:  # trained on spans: the tags are read in their own scheme
+            self.tag_scheme = self._detect_scheme(raw, tags_col, source)
+        foreign = first_foreign_tag(raw[tags_col], self.tag_scheme)
+        if foreign is not None:
+            raise DataError(f"{where_token(source, raw[foreign.sentence], foreign.index)}: "
+                            f"{describe_tag(foreign, self.tag_scheme)}, but the training data's tags are "
+                            f"{scheme_words(self.tag_scheme)}; write the file's tags in the same scheme")
 
     def _check_tokens(self, raw: Dataset, tokens_col: str, source: str) -> None:
         for row in iter_rows(raw, [tokens_col]):
@@ -271,6 +314,9 @@ class SpanNerTask:
         self._check_tokens(raw, tokens_col, source)
         if not labelled:
             return
+        if layout == "tags":
+            self._check_scheme(raw, spans_col, source)
+        self._count_duplicates(raw, source)
         too_wide = 0
         for row, gold in zip(iter_rows(raw, []), self._split_gold(raw, source)):
             for start, end, label in gold:
@@ -298,7 +344,7 @@ class SpanNerTask:
 
     def state(self) -> dict[str, Any]:
         return {"types": self.types, "threshold": self.threshold, "tag_scheme": self.tag_scheme,
-                "gold_spans_too_wide": self.too_wide}
+                "gold_spans_too_wide": self.too_wide, "duplicate_gold_spans": self.duplicates}
 
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
         self.types = list(state["types"])
@@ -306,6 +352,7 @@ class SpanNerTask:
             self.threshold = state["threshold"]
         self.tag_scheme = state.get("tag_scheme", "")
         self.too_wide = dict(state.get("gold_spans_too_wide") or {})
+        self.duplicates = dict(state.get("duplicate_gold_spans") or {})
         self._set_tokenizer(tokenizer)
 
     # -- model -------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Task options (``-o key=value``):
 - ``subword_labels`` (first): ``first`` trains on each word's first subword only; ``all``
   also trains the later subwords, with the word's tag turned into I-X (B-X -> I-X).
 - ``scheme`` (auto): IOB2 (BIO), IOB1 (converted to IOB2 on reading), BIOES, BILOU, none
-  (plain labels such as POS tags), or auto (detected from the training data).
+  (plain labels such as POS tags), or auto: the scheme that admits every tag of the training
+  data (``tagging.detect_scheme``; tags of several schemes are an error naming the first odd
+  line), which every labelled file (validation, test, evaluation) must then be written in.
+  A scheme given explicitly reads every file as that scheme.
 - ``strict_tags`` (false): a tag sequence the scheme forbids in the data (an I-X after O in
   IOB2) is an error naming the file and line, instead of being read as it is.
 - ``stride`` (a quarter of the window): subword tokens two consecutive windows share.
@@ -44,7 +47,7 @@ from finetune_kit.alignment import (
 )
 from finetune_kit.batching import padded
 from finetune_kit.crf import LinearChainCRF, viterbi
-from finetune_kit.data import iter_rows, require_columns, where, where_token
+from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
 from finetune_kit.metrics import entity_metrics
 from finetune_kit.report import (
     confusion_blocks,
@@ -57,14 +60,18 @@ from finetune_kit.report import (
 )
 from finetune_kit.stats import micro_prf, ratio_of
 from finetune_kit.tagging import (
+    MixedSchemesError,
     TagError,
     check_tag,
     continuation_tag,
+    describe_tag,
     detect_scheme,
+    first_foreign_tag,
     first_invalid_transition,
     iob1_to_iob2,
     label_set,
     scheme_name,
+    scheme_words,
     spans,
     transition_constraints,
 )
@@ -205,7 +212,7 @@ class TokenClassificationTask:
         self._check_structure(train, "train", source)
         train_tags = [self._tags_of(tags) for tags in train[self.settings.label_column]]
         if self.requested_scheme == "auto":
-            self.source_scheme = detect_scheme(train_tags)
+            self.source_scheme = self._detect_scheme(train, train_tags, source)
         else:
             self.source_scheme = self.requested_scheme
         self.scheme = "IOB2" if self.source_scheme == "IOB1" else self.source_scheme
@@ -224,7 +231,29 @@ class TokenClassificationTask:
                         source, self._column_hints())
         self._check_structure(raw, split, source)
         if labelled:
+            if self.requested_scheme == "auto":
+                self._check_scheme(raw, source)
             self._check_tags(raw, source)
+
+    def _detect_scheme(self, train: Dataset, tags: list[list[str]], source: str) -> str:
+        """The scheme of the whole training split; tags of several schemes are an error naming
+        the first odd one."""
+        try:
+            return detect_scheme(tags)
+        except MixedSchemesError as exc:
+            odd, usual = exc.odd, exc.usual
+            raise DataError(exc.explain(where_token(source, train[odd.sentence], odd.index),
+                                        token_place(train[usual.sentence], usual.index), "-o scheme")) from None
+
+    def _check_scheme(self, raw: Dataset, source: str) -> None:
+        """Labelled data is in the scheme detected in training: an IOB2 file scored by a BIOES
+        model would lose every entity that does not end with E-/S-."""
+        foreign = first_foreign_tag([self._tags_of(tags) for tags in raw[self.settings.label_column]],
+                                    self.source_scheme)
+        if foreign is not None:
+            raise DataError(f"{where_token(source, raw[foreign.sentence], foreign.index)}: "
+                            f"{describe_tag(foreign, self.source_scheme)}, but the model's tags are "
+                            f"{scheme_words(self.source_scheme)}; write the file's tags in the same scheme")
 
     def _check_structure(self, raw: Dataset, split: str, source: str) -> None:
         """Tokens are a non-empty list of strings; tags (when labelled) one per token."""

@@ -1,4 +1,5 @@
 import json
+import random
 import time
 from pathlib import Path
 
@@ -229,3 +230,106 @@ def test_plain_text_is_one_row_per_non_blank_line(tmp_path: Path):
     assert read_file(path, "text")["text"] == ds["text"]
     with pytest.raises(DataError, match="abstracts.txt: cannot tell the format"):
         read_file(path)  # other tasks do not guess
+
+
+# A file that is not UTF-8: Latin-1 text ("café" as 63 61 66 e9) or binary garbage on line 3.
+# Byte offsets count from 0, by hand: in the CSV "text,label\n" (11 bytes) and "ab,x\n" (5) come
+# before line 3, so its first byte is at 16 and the 0xe9 after "caf" at 19.
+GARBAGE = b"\xfe" + random.Random(0).randbytes(300)
+NOT_UTF8 = [  # name, lines 1-2, line 3 in Latin-1, offset of its 0xe9, offset of line 3
+    ("d.csv", b"text,label\nab,x\n", b"caf\xe9,y\n", 19, 16),
+    ("d.tsv", b"text\tlabel\nab\tx\n", b"caf\xe9\ty\n", 19, 16),
+    ("d.jsonl", b'{"text": "a"}\n{"text": "b"}\n', b'{"text": "caf\xe9"}\n', 41, 28),
+    ("d.json", b'[{"text": "a"},\n{"text": "b"},\n', b'{"text": "caf\xe9"}]\n', 44, 31),
+    ("d.conll", b"a O\nb O\n", b"caf\xe9 O\n", 11, 8),
+    ("d.txt", b"a\nb\n", b"caf\xe9\n", 7, 4),
+]
+
+
+@pytest.mark.parametrize(("name", "head", "latin1", "latin1_offset", "line3_offset"), NOT_UTF8,
+                         ids=[case[0] for case in NOT_UTF8])
+@pytest.mark.parametrize("kind", ["latin-1", "binary"])
+def test_a_file_that_is_not_utf8_names_the_line_and_the_byte(tmp_path: Path, name, head, latin1, latin1_offset,
+                                                             line3_offset, kind):
+    path = tmp_path / name
+    if kind == "latin-1":
+        path.write_bytes(head + latin1)
+        offset, byte = latin1_offset, "0xe9"
+    else:
+        path.write_bytes(head + GARBAGE)
+        offset, byte = line3_offset, "0xfe"
+    with pytest.raises(DataError) as caught:
+        read_file(path, "text" if name.endswith(".txt") else "auto")
+    assert str(caught.value) == (f"{path} line 3 (byte offset {offset}): not valid UTF-8 ({byte}); "
+                                 f"re-encode the file as UTF-8")
+
+
+def test_a_bad_byte_far_into_the_file_is_found(tmp_path: Path):
+    """Decoding goes by blocks of the file; the line and offset still count from its start.
+    Rows t0..t2999 take 10*5 + 90*6 + 900*7 + 2000*8 = 22890 bytes after the 11-byte header."""
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"text,label\n" + b"".join(f"t{i},a\n".encode() for i in range(3000)) + b"caf\xe9,b\n")
+    with pytest.raises(DataError, match=r"big.csv line 3002 \(byte offset 22904\): not valid UTF-8 \(0xe9\)"):
+        read_file(path)
+
+
+def test_predict_input_that_is_not_utf8_is_a_one_line_error(tiny_encoder, sentiment_files, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    import finetune_kit as fk
+    from finetune_kit.cli import app
+
+    model = tmp_path / "model"
+    fk.train(task="text-classification", model=tiny_encoder, train_file=str(sentiment_files["train"]),
+             output_dir=str(model), max_steps=1, report_plots=False, bootstrap_resamples=0)
+    bad = tmp_path / "in.csv"
+    bad.write_bytes(b"text\ngood movie\ncaf\xe9\n")  # 0xe9 after 5 + 11 + 3 bytes
+    result = CliRunner().invoke(app, ["predict", str(model), "--input", str(bad), "--output",
+                                      str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 2
+    assert "in.csv line 3 (byte offset 19): not valid UTF-8 (0xe9); re-encode the file as UTF-8" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "p.jsonl").exists()
+
+
+def test_nested_values_of_mixed_kinds_name_the_odd_one(tmp_path: Path):
+    """Arrow stores one kind per place inside lists and objects: a mix is an error naming the
+    line and the place of the value that differs from what most lines hold there."""
+    span = '{{"tokens": ["a", "b"], "spans": [{{"start": {}, "end": 2, "label": "X"}}]}}\n'
+    path = tmp_path / "s.jsonl"
+    path.write_text(span.format('"0"') + span.format(0) + span.format(1), encoding="utf-8")
+    with pytest.raises(DataError, match=r'^\S*s.jsonl line 1: spans\[0\].start is "0" \(text\), but '
+                                        r"spans\[\].start holds a whole number elsewhere \(line 2: 0\); "
+                                        r"write it as a whole number$"):
+        read_file(path)
+    for value, kind in (("1.5", "a decimal number"), ("true", "true/false")):
+        path.write_text(span.format(0) + span.format(1) + span.format(value), encoding="utf-8")
+        with pytest.raises(DataError, match=rf"s.jsonl line 3: spans\[0\].start is {value} \({kind}\)"):
+            read_file(path)
+    path.write_text('{"tokens": ["a", "b"]}\n{"tokens": ["c", 5]}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"s.jsonl line 2: tokens\[1\] is 5 \(a whole number\), but tokens\[\] "
+                                        r'holds text elsewhere \(line 1: "a"\)'):
+        read_file(path)
+    array = tmp_path / "a.json"
+    array.write_text('[{"ner": [{"index": [0, 1]}]}, {"ner": [{"index": [2, "3"]}]}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r'a.json item 2: ner\[0\].index\[1\] is "3" \(text\), but ner\[\].index\[\] '
+                                        r"holds a whole number elsewhere \(item 1: 0\)"):
+        read_file(array)
+
+
+def test_an_unclosed_quote_names_the_line_where_its_record_starts(tmp_path: Path):
+    path = tmp_path / "quote.csv"
+    path.write_text('text,label\ngood,pos\n"bad, neg\nfine,pos\nok,pos\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"quote\.csv line 3: malformed CSV \(.*\); a quote opened in this record"):
+        read_file(path)
+
+
+@pytest.mark.parametrize("paragraph, where", [
+    ("not a paragraph", r"data\[0\]\.paragraphs\[0\]: expected a JSON object, found str"),
+    ({"context": "a b", "qas": [7]}, r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: expected a JSON object, found int"),
+])
+def test_squad_parts_that_are_not_objects_are_named(tmp_path: Path, paragraph, where):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [paragraph]}]}),
+                    encoding="utf-8")
+    with pytest.raises(DataError, match=where):
+        read_file(path)

@@ -347,8 +347,30 @@ def test_plain_text_lines(tmp_path: Path) -> None:
     path.write_bytes(b"first\r\n\r\n  \r\nlast")
     assert read_inputs(path) == [(1, "first"), (2, ""), (3, "  "), (4, "last")]
     path.write_bytes(b"ok\n\xff\xfe\n")
-    with pytest.raises(DataError, match=r"crlf.txt line 2: not valid UTF-8"):
+    with pytest.raises(DataError, match=r"crlf.txt line 2 \(byte offset 3\): not valid UTF-8 \(0xff\)"):
         read_inputs(path)
     path.write_bytes(b"")
     with pytest.raises(DataError, match="no texts"):
         read_inputs(path)
+
+
+@pytest.mark.parametrize(("name", "head", "offset"), [
+    ("in.txt", b"good movie\nbad movie\n", 21 + 3),  # 11 + 10 bytes before line 3, then "caf"
+    ("in.jsonl", b'{"text": "a"}\n{"text": "b"}\n', 28 + 13),  # 14 + 14, then '{"text": "caf'
+])
+@pytest.mark.parametrize("bad", ["latin-1", "binary"])
+def test_input_that_is_not_utf8_is_a_one_line_error(tiny_encoder: str, tmp_path: Path, name: str, head: bytes,
+                                                    offset: int, bad: str) -> None:
+    path = tmp_path / name
+    if bad == "latin-1":
+        line3, byte = (b'{"text": "caf\xe9"}\n' if name.endswith(".jsonl") else b"caf\xe9\n"), "0xe9"
+    else:
+        line3, byte = b"\xfe" + bytes(range(256)), "0xfe"
+        offset = len(head)  # the first byte of line 3
+    path.write_bytes(head + line3)
+    out = tmp_path / "out.npy"
+    result = runner.invoke(app, ["embed", tiny_encoder, "--input", str(path), "--output", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (f"error: {path} line 3 (byte offset {offset}): not valid UTF-8 ({byte}); re-encode the file as UTF-8"
+            in result.output)
+    assert list(tmp_path.iterdir()) == [path]

@@ -282,3 +282,34 @@ def test_split_metrics_are_the_mean_over_every_masked_token(span_run):
     loss = torch.nn.functional.cross_entropy(logits, targets).item()
     assert metrics["test"]["mlm_loss"] == pytest.approx(loss, abs=1e-5)
     assert metrics["test"]["accuracy"] == pytest.approx((logits.argmax(-1) == targets).float().mean().item())
+
+
+def test_texts_the_tokenizer_empties_are_left_out_and_counted(tiny_encoder, tmp_path):
+    """Lines of only zero-width or control characters tokenize to nothing: they are left out
+    with a warning naming how many and the first; a split of nothing else is a one-line error."""
+    lines = TEXTS[:4] + ["\u200b\u200b"] + TEXTS[4:] + ["\x01\x02", "\u00ad"]  # lines 5, 18 and 19
+    train = text_file(tmp_path / "train.txt", lines)
+    with pytest.warns(UserWarning, match=r"train.txt: 3 text\(s\) in column 'text' are empty to the tokenizer "
+                                         r"\(only control, zero-width or other characters it drops\) and are left "
+                                         r"out \(the first on line 5\)"):
+        fk.train(task="masked-lm", model=tiny_encoder, train_file=str(train), output_dir=str(tmp_path / "out"),
+                 max_steps=1, report_plots=False, bootstrap_resamples=0)
+    state = json.loads((tmp_path / "out" / "finetune_kit.json").read_text())["task_state"]
+    assert state["texts_without_tokens"] == {str(train): 3}
+
+    empty = text_file(tmp_path / "empty.txt", ["\u200b\u200b", "\x01\x02", "\u200b \x7f"])
+    clean = text_file(tmp_path / "clean.txt", TEXTS)
+    for settings in ({"train_file": str(empty)}, {"train_file": str(clean), "validation_file": str(empty)}):
+        with pytest.raises(DataError, match=r"^\S*empty.txt: every text in column 'text' is empty to the tokenizer, "
+                                            r"which drops their characters \(control or zero-width ones\); there is "
+                                            r"nothing to mask$"):
+            fk.train(task="masked-lm", model=tiny_encoder, output_dir=str(tmp_path / "bad"), **settings)
+        assert not (tmp_path / "bad").exists()
+
+    task = MaskedLMTask(TaskSettings())
+    task.load_state({}, load_tokenizer(tiny_encoder))
+    from datasets import Dataset
+
+    with pytest.raises(DataError, match=r"input: every text in column 'text' is empty to the tokenizer"):
+        task.validate(Dataset.from_list([{"text": "\u200b"}, {"text": "\x01"}]), "predict", "input")
+    task.validate(Dataset.from_list([{"text": "\u200b"}, {"text": "a [MASK]"}]), "predict", "input")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import finetune_kit as fk
 from finetune_kit.api import task_settings
 from finetune_kit.cli import app
+from finetune_kit.data import read_file
 from finetune_kit.metrics import (
     answer_f1,
     answer_scores,
@@ -179,7 +180,7 @@ def test_learns_toy_squad_and_round_trips(tiny_encoder, tmp_path):
                       output_dir=str(tmp_path / "m"), epochs=30, learning_rate=5e-3, batch_size=8, max_length=32)
     validation = result.metrics["validation"]
     assert validation["exact_match"] == 1.0 and validation["f1"] == 1.0
-    assert validation["num_questions"] == 24
+    assert validation["num_questions"] == 24 and validation["squad_rules"] == "v1.1"
     predictor = fk.load(tmp_path / "m")
     assert predictor.task.settings.max_length == 32
     [out] = predictor.predict([{"question": "where", "context": "the dog sat on the park ."}])
@@ -188,6 +189,10 @@ def test_learns_toy_squad_and_round_trips(tiny_encoder, tmp_path):
     evaluated = fk.evaluate(tmp_path / "m", data, tmp_path / "eval")
     assert evaluated.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert evaluated == validation
+    # a model that always answers writes no null odds
+    written = predictor.task.write_predictions(predictor.predict_file(data), tmp_path / "p.json")
+    assert written == [tmp_path / "p.json", tmp_path / "p.nbest.jsonl"]
+    assert not (tmp_path / "p.null_odds.json").exists()
 
 
 def test_v2_threshold_is_tuned_saved_and_used(tiny_encoder, tmp_path):
@@ -203,6 +208,7 @@ def test_v2_threshold_is_tuned_saved_and_used(tiny_encoder, tmp_path):
     assert validation["f1"] >= validation["at_threshold_0"]["f1"]
     assert {"HasAns_f1", "NoAns_f1", "HasAns_total", "NoAns_total"} <= set(validation)
     assert (validation["HasAns_total"], validation["NoAns_total"]) == (24, 12)
+    assert validation["squad_rules"] == "v2.0"
     # predict applies the saved threshold: an answer is "" exactly when its null margin exceeds it
     predictor = fk.load(tmp_path / "m")
     for out in predictor.predict([("what music", "the cat sat on the mat ."), ("who sat", "the dog sat on the park .")]):
@@ -210,6 +216,7 @@ def test_v2_threshold_is_tuned_saved_and_used(tiny_encoder, tmp_path):
         assert out["answer"] == expected
     report = (tmp_path / "m" / "report.md").read_text()
     assert "tuned on validation, saved" in report and "NoAns F1" in report
+    assert "Scored by the official SQuAD v2.0 rules." in report
 
 
 def test_cli_predict_writes_the_official_format_and_nbest(tiny_encoder, tmp_path):
@@ -224,6 +231,8 @@ def test_cli_predict_writes_the_official_format_and_nbest(tiny_encoder, tmp_path
     nbest = [json.loads(line) for line in (tmp_path / "predictions.nbest.jsonl").read_text().splitlines()]
     assert [n["id"] for n in nbest] == list(official)
     assert all(any(c["text"] == "" for c in n["nbest"]) for n in nbest)  # v2.0: the null answer is listed
+    assert list(json.loads((tmp_path / "predictions.null_odds.json").read_text())) == list(official)
+    assert "predictions.null_odds.json" in done.output
 
 
 def test_bad_answer_names_the_question_or_is_skipped_and_counted(tiny_encoder, tmp_path):
@@ -266,3 +275,120 @@ def test_default_max_length_is_the_tasks():
 
     assert task_settings({}, TextClassificationTask).max_length == 128
     assert task_settings({"max_length": 256}, QuestionAnsweringTask).max_length == 256
+
+
+# -- scoring rules by SQuAD version, is_impossible, null odds ---------------------------------------
+
+def squad_file(path: Path, version: str | None, qas: list[dict], context: str = "the cat sat on the mat .") -> Path:
+    document = {"data": [{"title": "toy", "paragraphs": [{"context": context, "qas": qas}]}]}
+    if version is not None:
+        document["version"] = version
+    return write_squad(path, document)
+
+
+def predict_the_full_stop(task: QuestionAnsweringTask, raw: Dataset) -> list[dict]:
+    """Every question answered with the context's final "." (its span scores 20, [CLS] 0)."""
+    features = prepare_features(task, raw, "predict")
+    dot = [next(i for i, o in enumerate(f["offsets"]) if o[0] == 23) for f in features]
+    return task.postprocess(raw, features, fake_outputs(features, dict(enumerate(zip(dot, dot)))))
+
+
+def test_scoring_rules_follow_the_squad_version(tokenizer, tmp_path):
+    """Golds "mat" and "." (three SQuAD v1.1 dev questions have a gold "."), prediction ".": the
+    v1.1 script keeps every gold, so "." matches exactly (EM 1; F1 0: two empty token lists share
+    no token); the v2.0 script drops golds that normalise to nothing and compares with "mat"
+    alone (EM 0, F1 0). Without a stated version: v2.0 when questions may have no answer."""
+    where = {"id": "q", "question": "where", "answers": [{"text": "mat", "answer_start": 19},
+                                                       {"text": ".", "answer_start": 23}]}
+    scores = {}
+    for version in ("1.1", "v2.0", None):
+        raw = read_file(squad_file(tmp_path / f"{version}.json", version, [where]))
+        task = make_task(tokenizer, raw)
+        [prediction] = predict_the_full_stop(task, raw)
+        assert prediction["answer"] == "."
+        metrics = task.compute_metrics([prediction], raw)
+        scores[version] = (metrics["squad_rules"], metrics["exact_match"], metrics["f1"])
+    assert scores == {"1.1": ("v1.1", 1.0, 0.0), "v2.0": ("v2.0", 0.0, 0.0), None: ("v1.1", 1.0, 0.0)}
+    # no version, but a model trained with unanswerable questions: v2.0
+    raw = read_file(squad_file(tmp_path / "plain.json", None, [where]))
+    task = make_task(tokenizer, raw, with_negatives=True)
+    assert task.compute_metrics(predict_the_full_stop(task, raw), raw)["squad_rules"] == "v2.0"
+    # no version, a question without answers in the data: v2.0, where "." is right for it
+    # ("." normalises to nothing, as the empty answer does): EM and F1 (0 + 1) / 2
+    music = {"id": "n", "question": "what music", "answers": []}
+    raw = read_file(squad_file(tmp_path / "mixed.json", None, [where, music]))
+    task = make_task(tokenizer, raw)
+    metrics = task.compute_metrics(predict_the_full_stop(task, raw), raw)
+    assert (metrics["squad_rules"], metrics["exact_match"], metrics["f1"], metrics["NoAns_total"]) == ("v2.0", 0.5,
+                                                                                                       0.5, 1)
+    assert "Scored by the official SQuAD v2.0 rules." in task.write_report(metrics, "test")
+
+
+def test_is_impossible_must_agree_with_the_answers(tiny_encoder, tmp_path):
+    cat = [{"text": "cat", "answer_start": 4}]
+    answered = {"id": "w", "question": "who sat", "answers": cat, "is_impossible": False}
+    cases = {
+        "both.json": ({"id": "n0", "question": "what music", "is_impossible": True, "answers": cat},
+                      r'both.json: data\[0\]\.paragraphs\[0\]\.qas\[1\] \(question n0\): is_impossible is true but it '
+                      r'has 1 answer\(s\); give it "answers": \[\] \(plausible answers go in "plausible_answers"\) '
+                      r"or set is_impossible to false$"),
+        "neither.json": ({"id": "n1", "question": "what music", "is_impossible": False, "answers": []},
+                         r"neither.json: data\[0\]\.paragraphs\[0\]\.qas\[1\] \(question n1\): is_impossible is false "
+                         r"but it has no answers; give its answers or set is_impossible to true$"),
+        "flag.json": ({"id": "n2", "question": "what music", "is_impossible": "yes", "answers": []},
+                      r"flag.json: data\[0\]\.paragraphs\[0\]\.qas\[1\] \(question n2\): is_impossible is 'yes'; "
+                      r"give true or false$"),
+    }
+    for name, (question, message) in cases.items():
+        data = squad_file(tmp_path / name, "v2.0", [answered, question])
+        with pytest.raises(DataError, match=message):
+            fk.train(task="question-answering", model=tiny_encoder, train_file=str(data),
+                     output_dir=str(tmp_path / "m"), max_steps=1)
+        assert not (tmp_path / "m").exists()
+    # agreeing questions read as before: an unanswerable one has no answers; a question without
+    # the flag (a v1.1 article joined to v2.0 ones) keeps its answers
+    unanswerable = {"id": "n", "question": "what music", "is_impossible": True, "answers": [],
+                    "plausible_answers": cat}
+    raw = read_file(squad_file(tmp_path / "good.json", "v2.0", [answered, unanswerable,
+                                                                  {"id": "u", "question": "who", "answers": cat}]))
+    assert [a["text"] for a in raw["answers"]] == [["cat"], [], ["cat"]]
+    assert raw["squad_version"] == ["v2.0"] * 3
+
+
+def test_a_v11_file_has_an_answer_for_every_labelled_question(tiny_encoder, tokenizer, tmp_path):
+    answered = {"id": "w", "question": "who sat", "answers": [{"text": "cat", "answer_start": 4}]}
+    data = squad_file(tmp_path / "v11.json", "1.1", [answered, {"id": "n", "question": "what music", "answers": []}])
+    with pytest.raises(DataError, match=r'v11.json item 2 \(question n\): no answer, but the file states SQuAD '
+                                        r'version 1.1, where every question has one; give its answers, or state '
+                                        r'"version": "v2.0" if questions may have none$'):
+        fk.train(task="question-answering", model=tiny_encoder, train_file=str(data), output_dir=str(tmp_path / "m"),
+                 max_steps=1)
+    assert not (tmp_path / "m").exists()
+    # questions to predict for need none
+    task = make_task(tokenizer, Dataset.from_list([{"id": "w", "question": "who sat", "context": "the cat sat",
+                                                    "answers": {"text": ["cat"], "answer_start": [4]}}]))
+    task.validate(read_file(data), "predict", str(data))
+
+
+def test_null_odds_let_the_official_v2_script_make_our_decisions(tiny_encoder, tmp_path):
+    """predictions.null_odds.json holds, per question, null score - best span score (checked
+    against the n-best list); the official script's rule, no answer when that exceeds
+    --na-prob-thresh, given the saved threshold, gives back exactly our answers."""
+    data = write_squad(tmp_path / "toy2.json", toy_squad(unanswerable=True))
+    fk.train(task="question-answering", model=tiny_encoder, train_file=str(data), output_dir=str(tmp_path / "m"),
+             max_steps=1, max_length=32)
+    predictor = fk.load(tmp_path / "m")
+    differences = sorted(p["null_score_diff"] for p in predictor.predict_file(data))
+    predictor.task.threshold = differences[len(differences) // 2]  # some questions answered, some not
+    written = predictor.task.write_predictions(predictor.predict_file(data), tmp_path / "predictions.json")
+    assert written == [tmp_path / "predictions.json", tmp_path / "predictions.nbest.jsonl",
+                       tmp_path / "predictions.null_odds.json"]
+    answers, odds = json.loads(written[0].read_text()), json.loads(written[2].read_text())
+    nbest = {n["id"]: n["nbest"] for n in map(json.loads, written[1].read_text().splitlines())}
+    assert list(odds) == list(answers) and len(answers) == 36
+    for question_id, answer in answers.items():
+        null = next(c["score"] for c in nbest[question_id] if c["start"] < 0)
+        best = max((c for c in nbest[question_id] if c["start"] >= 0), key=lambda c: c["score"])
+        assert odds[question_id] == null - best["score"]
+        assert answer == ("" if odds[question_id] > predictor.task.threshold else best["text"])
+    assert 0 < sum(answer == "" for answer in answers.values()) < len(answers)

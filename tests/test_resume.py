@@ -249,8 +249,11 @@ def test_resume_with_other_training_data_is_an_error(tiny_encoder, tmp_path):
     files, out = small_files(tmp_path), tmp_path / "out"
     train_small(tiny_encoder, files, out, max_steps=2, validation_file=None)
     write_csv(files["train"], ROWS * 3)
-    with pytest.raises(ResumeError, match="train_features=32 but this run has train_features=48"):
+    with pytest.raises(ResumeError, match=f"resume: the train data {files['train']} changed since "):
         train_small(tiny_encoder, files, out, max_steps=2, validation_file=None, resume=True)
+    # resume_anyway accepts other rows, but not another number of batches: the data position would be lost
+    with pytest.raises(ResumeError, match="train_features=32 but this run has train_features=48"):
+        train_small(tiny_encoder, files, out, max_steps=2, validation_file=None, resume=True, resume_anyway=True)
 
 
 def test_resume_may_change_where_and_how_often_it_checkpoints(tiny_encoder, finished_run, tmp_path):
@@ -297,3 +300,205 @@ def test_train_help_lists_the_checkpoint_options():
     result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     for option in ("--save-steps", "--save-total-limit", "--resume", "--resume-from"):
         assert option in result.output, option
+
+
+# --- damaged checkpoints and changed data --------------------------------------------------------
+
+def resumable_copy(finished_run, tmp_path: Path) -> Path:
+    """A copy of the finished run as a crash during its final evaluation leaves it."""
+    _, out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "metrics.json").unlink()
+    return copy
+
+
+DAMAGEABLE = ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", STATE_FILE]
+
+
+def damage(checkpoint: Path, name: str) -> tuple[int, int]:
+    """Cut a file of the checkpoint short (the scheduler's to nothing): (bytes before, after)."""
+    path = checkpoint / name
+    data = path.read_bytes()
+    kept = data[:0] if name == "scheduler.bin" else data[: len(data) // 2]
+    path.write_bytes(kept)
+    return len(data), len(kept)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def cli_train_small(tiny_encoder: str, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """The command line of ``train_small(..., save_total_limit=2)``."""
+    return ["train", "--task", "text-classification", "--model", tiny_encoder, "--train", str(files["train"]),
+            "--validation", str(files["validation"]), "--output", str(out), "--batch-size", "4", "--epochs", "2",
+            "--learning-rate", "1e-3", "--save-steps", "3", "--eval-steps", "5", "--save-total-limit", "2", *extra]
+
+
+def test_checkpoints_record_the_size_and_checksum_of_every_file(finished_run):
+    import hashlib
+
+    _, out, _ = finished_run
+    checkpoint = out / "checkpoints" / "step-16"
+    saved = read_checkpoint(checkpoint)
+    assert saved["format_version"] == 2
+    on_disk = sorted(p.name for p in checkpoint.iterdir() if p.name != STATE_FILE)
+    assert sorted(saved["files"]) == on_disk and set(DAMAGEABLE) - {STATE_FILE} <= set(on_disk)
+    for name, recorded in saved["files"].items():
+        data = (checkpoint / name).read_bytes()
+        assert recorded == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert set(saved["settings"]["data"]) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_a_damaged_newest_checkpoint_gives_way_to_the_one_before(tiny_encoder, finished_run, tmp_path, capsys, name):
+    files, reference_out, result = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    damaged, older = out / "checkpoints" / "step-16", out / "checkpoints" / "step-15"
+    damage(damaged, name)
+    capsys.readouterr()
+    resumed = train_small(tiny_encoder, files, out, resume=True, save_total_limit=2)
+    printed = capsys.readouterr().err.splitlines()
+    warnings = [line for line in printed if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {damaged} is damaged: {name} ")
+    assert warnings[0].endswith(f"; resuming from {older} instead")
+    assert f"Resuming from {older}" in printed
+    # step 16 was trained again from step 15, as in the uninterrupted run
+    assert resumed.global_step == 16 and resumed.metrics == result.metrics
+    assert_same_weights(damaged, reference_out / "checkpoints" / "step-16")
+    assert without_timing(read_checkpoint(damaged)) == without_timing(
+        read_checkpoint(reference_out / "checkpoints" / "step-16"))
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_a_damaged_only_checkpoint_is_a_one_line_error(tiny_encoder, finished_run, tmp_path, name):
+    files, _, _ = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step-15")
+    checkpoint = out / "checkpoints" / "step-16"
+    size, cut = damage(checkpoint, name)
+    before = snapshot(out)
+    result = CliRunner().invoke(app, cli_train_small(tiny_encoder, files, out, "--resume"))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    if name == STATE_FILE:
+        assert lines[0].startswith(f"error: resume: {checkpoint} is damaged: {STATE_FILE} is not valid JSON (")
+    else:
+        assert lines[0].startswith(
+            f"error: resume: {checkpoint} is damaged: {name} has {cut:,} bytes, {size:,} when it was saved; ")
+    assert lines[0].endswith("; no intact checkpoint is left to resume from: start the run over with --overwrite")
+    assert snapshot(out) == before
+
+
+def test_a_file_changed_in_place_is_found_by_its_checksum(tiny_encoder, finished_run, tmp_path):
+    files, _, _ = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step-15")
+    weights = out / "checkpoints" / "step-16" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in a weight: same size, another sha256
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ResumeError, match=r"model.safetensors does not match the sha256 recorded when it was saved"):
+        train_small(tiny_encoder, files, out, resume=True, save_total_limit=2)
+
+
+def test_resume_from_a_damaged_checkpoint_is_a_one_line_error(tiny_encoder, finished_run, tmp_path):
+    files, _, _ = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    checkpoint = out / "checkpoints" / "step-15"
+    size, cut = damage(checkpoint, "optimizer.bin")
+    before = snapshot(out)
+    result = CliRunner().invoke(app, cli_train_small(tiny_encoder, files, out, "--resume-from", str(checkpoint)))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: resume_from: {checkpoint} is damaged: optimizer.bin has {cut:,} bytes, {size:,} when it was saved; "
+        "resume from another checkpoint of the run (--resume takes the newest intact one)"]
+    assert snapshot(out) == before
+
+
+def test_a_checkpoint_without_checksums_resumes_with_a_warning(tiny_encoder, finished_run, tmp_path, capsys):
+    """Checkpoints written before checksums (format 1) are resumed, saying they cannot be checked."""
+    files, reference_out, _ = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step-16")
+    checkpoint = out / "checkpoints" / "step-15"
+    saved = read_checkpoint(checkpoint)
+    del saved["files"], saved["settings"]["data"]
+    (checkpoint / STATE_FILE).write_text(json.dumps({**saved, "format_version": 1}))
+    capsys.readouterr()
+    train_small(tiny_encoder, files, out, resume=True, save_total_limit=2)
+    assert (f"warning: {checkpoint} was written by an earlier finetune-kit (checkpoint format 1) without checksums "
+            "or data fingerprints: its files and the data cannot be checked") in capsys.readouterr().err.splitlines()
+    assert_same_weights(out / "checkpoints" / "step-16", reference_out / "checkpoints" / "step-16")
+
+
+def flipped(rows: list[dict]) -> list[dict]:
+    return [{**row, "label": "neg" if row["label"] == "pos" else "pos"} for row in rows]
+
+
+@pytest.fixture()
+def interrupted_run(tiny_encoder, tmp_path):
+    """Files (train, validation, test) and a run of 4 steps whose last checkpoint is step 3."""
+    files = {**small_files(tmp_path), "test": write_csv(tmp_path / "test.csv", ROWS)}
+    out = tmp_path / "out"
+    train_small(tiny_encoder, files, out, test_file=str(files["test"]), max_steps=4, save_total_limit=2)
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    (out / "metrics.json").unlink()
+    return files, out
+
+
+@pytest.mark.parametrize(("split", "rows"), [("train", ROWS * 2), ("validation", ROWS)])
+def test_resume_with_changed_data_under_the_same_path_is_an_error(tiny_encoder, interrupted_run, split, rows):
+    files, out = interrupted_run
+    write_csv(files[split], flipped(rows))
+    before = snapshot(out)
+    args = cli_train_small(tiny_encoder, files, out, "--test", str(files["test"]), "--max-steps", "4", "--resume")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: resume: the {split} data {files[split]} changed since {out / 'checkpoints' / 'step-3'} was "
+        f"written (its rows differ); resume with the same data, or pass --resume-anyway (resume_anyway=true) to "
+        f"continue on the changed data"]
+    assert snapshot(out) == before
+
+    result = CliRunner().invoke(app, [*args, "--resume-anyway"])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: resume: the {split} data {files[split]} changed since {out / 'checkpoints' / 'step-3'} was "
+            "written (its rows differ); continuing on the changed data (resume_anyway)") in result.output.splitlines()
+
+
+def test_resume_with_the_same_rows_written_anew_and_another_test_file(tiny_encoder, interrupted_run, capsys):
+    """The fingerprint is of the rows, not the bytes; the test split may change on resume."""
+    import csv
+
+    files, out = interrupted_run
+    with files["train"].open("w", newline="", encoding="utf-8") as handle:  # every field quoted, CRLF
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"], quoting=csv.QUOTE_ALL)
+        writer.writeheader()
+        writer.writerows(ROWS * 2)
+    write_csv(files["test"], flipped(ROWS))
+    capsys.readouterr()
+    resumed = train_small(tiny_encoder, files, out, test_file=str(files["test"]), max_steps=4, save_total_limit=2,
+                          resume=True)
+    assert resumed.global_step == 4
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_resumed_run_failing_in_its_first_step_leaves_the_directory_as_it_was(
+        tiny_encoder, finished_run, tmp_path, monkeypatch):
+    """Until the first step is done nothing is written: the log keeps the records past the checkpoint."""
+    files, _, _ = finished_run
+    out = resumable_copy(finished_run, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step-16")
+    before = snapshot(out)
+    assert '"event": "train_end"' in before["train_log.jsonl"].decode()
+
+    def out_of_memory(self, loss, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(Accelerator, "backward", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_small(tiny_encoder, files, out, resume=True, save_total_limit=2)
+    assert snapshot(out) == before

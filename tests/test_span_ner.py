@@ -211,3 +211,75 @@ def test_predict_cli_writes_tokens_and_spans(tiny_encoder, tmp_path):
     assert [line["tokens"] for line in lines] == [t.split() for t, _ in NESTED]
     assert all(set(line) == {"tokens", "spans"} for line in lines)
     assert all(set(s) == {"start", "end", "label", "score", "text"} for line in lines for s in line["spans"])
+
+
+def test_a_duplicated_gold_span_counts_once(tiny_encoder, tmp_path):
+    """The same gold span twice in a sentence is one entity: recall, the gold counts and the
+    label counts are those of the file without the duplicate, and a warning names the first."""
+    rows = span_rows(NESTED)
+    clean = write_jsonl(tmp_path / "clean.jsonl", rows)
+    rows[2]["spans"].append(dict(rows[2]["spans"][0]))  # (1, 3, PER) of "the old woman sat on the mat"
+    doubled = write_jsonl(tmp_path / "doubled.jsonl", rows)
+    task = SpanNerTask(task_settings({}, SpanNerTask))
+    with pytest.warns(UserWarning, match=r"doubled.jsonl: 1 gold span\(s\) repeat a span of their sentence "
+                                         r"\(same start, end and type\) and are counted once \(the first on line 3\)"):
+        task.setup(DatasetDict(train=read_file(doubled)), load_tokenizer(tiny_encoder), {"train": str(doubled)})
+    assert task.state()["duplicate_gold_spans"] == {str(doubled): 1}
+    # predicted: the first gold span of every sentence, 4 of the 10 distinct gold spans
+    predictions = [{"tokens": text.split(), "candidates": [(*spans[0], 0.9)]} for text, spans in NESTED]
+    for path in (clean, doubled):
+        metrics = task.compute_metrics(predictions, read_file(path))
+        assert metrics["num_gold"] == 10 and metrics["recall"] == pytest.approx(4 / 10)
+        assert task.label_counts(read_file(path)) == {"ANI": 6, "PER": 4}
+
+
+@pytest.mark.parametrize(("start", "message"), [
+    ("0", r'bad.jsonl line 2: spans\[1\].start is "0" \(text\), but spans\[\].start holds a whole number '
+          r"elsewhere \(line 1: 0\); write it as a whole number"),
+    (1.5, r"bad.jsonl line 2: spans\[1\].start is 1.5 \(a decimal number\), but spans\[\].start holds a whole "
+          r"number elsewhere"),
+    (True, r"bad.jsonl line 2: spans\[1\].start is true \(true/false\), but spans\[\].start holds a whole number"),
+    (-1, r"bad.jsonl line 2: span 2 \(-1, 1\) is outside the sentence's 3 words"),
+])
+def test_span_positions_that_are_not_whole_numbers_name_the_line_and_span(tiny_encoder, tmp_path, start, message):
+    good = {"tokens": ["a", "b", "c"], "spans": [{"start": 0, "end": 1, "label": "X"}]}
+    bad = {"tokens": ["a", "b", "c"], "spans": [{"start": 1, "end": 2, "label": "X"},
+                                                 {"start": start, "end": 1, "label": "X"}]}
+    data = write_jsonl(tmp_path / "bad.jsonl", [good, bad, good])
+    with pytest.raises(DataError, match=message):
+        fk.train(task="span-ner", model=tiny_encoder, train_file=str(data), output_dir=str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+    data = write_jsonl(tmp_path / "text.jsonl", [{"tokens": ["a", "b"], "spans": [{"start": "0", "end": "1",
+                                                                                   "label": "X"}]}] * 2)
+    with pytest.raises(DataError, match=r'text.jsonl line 1: span 1 \(start "0", end "1"\): start and end must be '
+                                        r"whole numbers \(word indices, end exclusive\)"):
+        fk.train(task="span-ner", model=tiny_encoder, train_file=str(data), output_dir=str(tmp_path / "m"))
+
+
+def test_tagged_data_keeps_one_scheme(tiny_encoder, tmp_path):
+    """BIO-tagged span data: a file of mixed schemes is an error naming the odd line; other
+    tagged splits are read in the training data's scheme (or their own after span training)."""
+    tokenizer = load_tokenizer(tiny_encoder)
+    iob2 = tmp_path / "iob2.conll"
+    iob2.write_text("the O\nold B-PER\nman I-PER\n\na O\ndog B-ANI\n", encoding="utf-8")
+    mixed = tmp_path / "mixed.conll"  # line 6 is BIOES; "man" I-PER on line 3 ends an entity as IOB2 does
+    mixed.write_text("the O\nold B-PER\nman I-PER\n\na O\ndog S-ANI\n\nthe O\ncat B-ANI\n", encoding="utf-8")
+    bioes = tmp_path / "bioes.conll"
+    bioes.write_text("the O\nold B-PER\nman E-PER\n\na O\ndog S-ANI\n", encoding="utf-8")
+
+    def setup(train, validation=None):
+        task = SpanNerTask(task_settings({}, SpanNerTask))
+        splits = {"train": read_file(train)} | ({"validation": read_file(validation)} if validation else {})
+        task.setup(DatasetDict(splits), tokenizer, {"train": str(train), "validation": str(validation)})
+        return task
+
+    with pytest.raises(DataError, match=r"^\S*mixed.conll line 6: tag S-ANI is BIOES, but the file's other tags are "
+                                        r"IOB2 \(line 3: I-PER\); fix the tag$"):
+        setup(mixed)
+    with pytest.raises(DataError, match=r"^\S*iob2.conll line 3: tag I-PER ends an entity, as IOB2 does \(BIOES ends "
+                                        r"one with E- or S-\), but the training data's tags are BIOES; write the "
+                                        r"file's tags in the same scheme$"):
+        setup(bioes, iob2)
+    spans = write_jsonl(tmp_path / "spans.jsonl", span_rows(NESTED))
+    task = setup(spans, bioes)  # trained on spans: the tags are read in their own scheme
+    assert task._split_gold(read_file(bioes), "b") == [[(1, 3, "PER")], [(1, 2, "ANI")]]

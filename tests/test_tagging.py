@@ -3,12 +3,15 @@
 import pytest
 
 from finetune_kit.tagging import (
+    MixedSchemesError,
     TagError,
     allowed_transition,
     check_tag,
     continuation_tag,
     convert_scheme,
+    describe_tag,
     detect_scheme,
+    first_foreign_tag,
     first_invalid_transition,
     iob1_to_iob2,
     label_set,
@@ -100,3 +103,49 @@ def test_spans_are_strict():
     assert spans(["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC"], "IOB2") == [(0, 2, "PER"), (4, 6, "LOC")]
     assert spans(["S-PER", "B-LOC", "E-LOC", "B-X"], "BIOES") == [(0, 1, "PER"), (1, 3, "LOC")]
     assert spans(["NN"], "none") == []
+
+
+def test_detection_reads_every_tag_and_refuses_mixed_schemes():
+    # B-/I- only: IOB2, BIOES and BILOU all admit the tags; IOB2 is preferred
+    assert detect_scheme([["B-PER", "I-PER"], ["O", "B-LOC"]]) == "IOB2"
+    # a B- that ends its entity is IOB2 only: with an E- elsewhere no scheme admits both
+    with pytest.raises(MixedSchemesError) as caught:
+        detect_scheme([["O", "B-LOC", "O"], ["B-PER", "I-PER", "O"], ["B-PER", "E-PER"]])
+    error = caught.value
+    assert (error.odd.sentence, error.odd.index, error.odd.tag) == (2, 1, "E-PER")
+    assert (error.usual.sentence, error.usual.index, error.usual.tag) == (0, 1, "B-LOC")
+    assert error.explain("t.conll line 57", "line 3") == (
+        "t.conll line 57: tag E-PER is BIOES, but the file's other tags are IOB2 (line 3: B-LOC); fix the tag")
+    # BIOES data with one entity left open: BIOES reads every tag, so it is offered
+    with pytest.raises(MixedSchemesError) as caught:
+        detect_scheme([["S-PER", "O", "B-LOC", "E-LOC"], ["O", "B-PER", "O"]])
+    assert caught.value.explain("f line 7", "line 1", "-o scheme") == (
+        "f line 7: tag B-PER ends an entity, as IOB2 does (BIOES ends one with E- or S-), but the file's other "
+        "tags are BIOES (line 1: S-PER); fix the tag, or set -o scheme=BIOES to read every tag as BIOES")
+    # plain labels with a stray entity tag, and entity tags with a stray plain label
+    with pytest.raises(MixedSchemesError) as caught:
+        detect_scheme([["DT", "NN"], ["DT", "B-NP"]])
+    assert caught.value.explain("f line 5", "line 1", "-o scheme") == (
+        "f line 5: tag B-NP is an entity tag, but the file's other tags are plain labels without a scheme "
+        "(line 1: DT); fix the tag, or set -o scheme=none to read every tag as plain labels without a scheme")
+    with pytest.raises(MixedSchemesError, match="tag PER does not fit the IOB2 tags"):
+        detect_scheme([["B-PER", "I-PER"], ["O", "PER"], ["B-LOC"]])
+    # E- and L- in one file: BIOES and BILOU each lack one
+    with pytest.raises(MixedSchemesError) as caught:
+        detect_scheme([["B-X", "E-X"], ["S-X"], ["B-X", "L-X"]])
+    assert (caught.value.odd.tag, caught.value.scheme, caught.value.readable_as) == ("L-X", "BIOES", None)
+
+
+def test_first_foreign_tag_of_data_for_a_model():
+    iob2 = [["O", "B-PER", "I-PER"], ["B-LOC", "O"]]
+    assert first_foreign_tag(iob2, "IOB2") is None and first_foreign_tag(iob2, "IOB1") is None
+    foreign = first_foreign_tag(iob2, "BIOES")  # I-PER ends its entity: IOB2
+    assert (foreign.sentence, foreign.index, foreign.tag, foreign.role) == (0, 2, "I-PER", "ending")
+    assert describe_tag(foreign, "BIOES") == "tag I-PER ends an entity, as IOB2 does (BIOES ends one with E- or S-)"
+    assert first_foreign_tag([["O", "S-PER"]], "IOB2").tag == "S-PER"
+    iob1 = [["O", "I-PER", "I-PER"], ["I-LOC", "B-LOC"]]
+    foreign = first_foreign_tag(iob1, "IOB2")  # every entity starts with I-: IOB1
+    assert (foreign.sentence, foreign.index) == (0, 1)
+    assert describe_tag(foreign, "IOB2") == "tag I-PER starts an entity, as IOB1 does (IOB2 starts one with B-)"
+    assert first_foreign_tag(iob1 + [["B-PER"]], "IOB2") is None  # some start with B-: IOB2 read leniently
+    assert first_foreign_tag([["DT", "B-NP"]], "none").tag == "B-NP"

@@ -16,7 +16,7 @@ from finetune_kit.tagging import first_invalid_transition
 from finetune_kit.task import DataError
 from finetune_kit.trainer import prepare_features
 from finetune_kit_tasks.token_classification import TokenClassificationTask
-from tests.conftest import write_jsonl
+from tests.conftest import SHARED_DATA, write_jsonl
 
 # Toy NER, IOB2: animals (ANI) and people (PER), some of two words, some split into subwords
 # by the fixture vocabulary ("actors" -> actor ##s, "dogs" -> dog ##s).
@@ -206,8 +206,12 @@ def test_unknown_tag_names_file_and_line(tiny_encoder, ner_files, tmp_path):
 def test_tag_outside_the_scheme_and_strict_sequences(tiny_encoder, ner_files, tmp_path):
     bad = tmp_path / "bad.conll"
     bad.write_text("the\tO\ncat\tB-ANI\n\nthe\tO\ndog\tANI\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad.conll line 5: tag 'ANI' is not a IOB2 tag"):
+    with pytest.raises(DataError, match=r"bad.conll line 5: tag ANI has no B-/I- prefix, but the file's other tags "
+                                        r"are IOB2 \(line 2: B-ANI\); fix the tag$"):
         train_ner(tiny_encoder, {**ner_files, "train": bad}, tmp_path / "m", max_steps=1)
+    with pytest.raises(DataError, match=r"bad.conll line 5: tag 'ANI' is not a IOB2 tag"):
+        train_ner(tiny_encoder, {**ner_files, "train": bad}, tmp_path / "m", max_steps=1,
+                  task_options={"scheme": "IOB2"})
     loose = tmp_path / "loose.conll"
     loose.write_text("the\tO\ncat\tB-ANI\n\nthe\tO\ndog\tI-ANI\n", encoding="utf-8")
     loose_files = {"train": loose, "validation": loose}
@@ -272,3 +276,76 @@ def test_cli_bad_conll_line_is_one_line_error(tiny_encoder, ner_files, tmp_path)
     assert done.exit_code == 2
     assert done.output.strip().splitlines() == [
         f"error: {bad} line 2: 3 columns, but line 1 has 2 columns; every token line needs the same columns"]
+
+
+def test_a_stray_tag_of_another_scheme_in_training_data_is_an_error(tiny_encoder, ner_files, tmp_path):
+    """One E- in IOB2 data must not make the run BIOES: the error names its line and a line of
+    the file's own scheme; an explicit scheme still reads the file."""
+    stray = [SENTENCES[0], ("the old man saw the dog", "O B-PER E-PER O O B-ANI"), *SENTENCES[2:]]
+    train = tmp_path / "stray.conll"
+    # line 1 -DOCSTART-, 2 a separator, 3-8 the first sentence ("cat" B-ANI on line 4), 9 a
+    # separator, 10-15 the second ("man" E-PER on line 12)
+    train.write_text(conll_text(stray), encoding="utf-8")
+    with pytest.raises(DataError, match=r"^\S*stray.conll line 12: tag E-PER is BIOES, but the file's other tags "
+                                        r"are IOB2 \(line 4: B-ANI\); fix the tag$"):
+        train_ner(tiny_encoder, {**ner_files, "train": train}, tmp_path / "m", max_steps=1)
+    assert not (tmp_path / "m").exists()
+    train_ner(tiny_encoder, {"train": train, "validation": train}, tmp_path / "explicit", max_steps=1,
+              task_options={"scheme": "BIOES"})
+    state = json.loads((tmp_path / "explicit" / "finetune_kit.json").read_text())["task_state"]
+    assert state["scheme"] == "BIOES"
+
+
+def test_data_in_another_scheme_than_the_model_is_an_error(tiny_encoder, ner_files, tmp_path):
+    """A BIOES model scoring IOB2 data would find no gold entity ending in B-/I-; an IOB2 model
+    scoring IOB1 data none starting with I-. Both are errors naming the file and line."""
+    bioes = [("the old man saw the dog", "O B-PER E-PER O O S-ANI"), ("a big dog ran", "O B-ANI E-ANI O")]
+    path = write_jsonl(tmp_path / "bioes.jsonl", [{"tokens": t.split(), "tags": g.split()} for t, g in bioes])
+    # ner_files["validation"]: line 3 "the" O, line 4 "cat" B-ANI, which ends its entity
+    with pytest.raises(DataError, match=r"^\S*dev.conll line 4: tag B-ANI ends an entity, as IOB2 does \(BIOES ends "
+                                        r"one with E- or S-\), but the model's tags are BIOES; write the file's tags "
+                                        r"in the same scheme$"):
+        train_ner(tiny_encoder, {**ner_files, "train": path}, tmp_path / "m", max_steps=1)
+    assert not (tmp_path / "m").exists()
+    fk.train(task="token-classification", model=tiny_encoder, train_file=str(path), output_dir=str(tmp_path / "b"),
+             max_steps=1)
+    with pytest.raises(DataError, match=r"test.annotated line 2: tag B-ANI ends an entity, as IOB2 does"):
+        fk.evaluate(tmp_path / "b", ner_files["test"], tmp_path / "eval")
+
+    iob2_model = tmp_path / "iob2"
+    train_ner(tiny_encoder, ner_files, iob2_model, max_steps=1)
+    iob1 = write_jsonl(tmp_path / "iob1.jsonl", [{"tokens": ["a", "dog"], "tags": ["O", "O"]},
+                                                 {"tokens": ["the", "old", "man"], "tags": ["O", "I-PER", "I-PER"]}])
+    with pytest.raises(DataError, match=r"iob1.jsonl line 2, token 2: tag I-PER starts an entity, as IOB1 does "
+                                        r"\(IOB2 starts one with B-\), but the model's tags are IOB2"):
+        fk.evaluate(iob2_model, iob1, tmp_path / "eval")
+    metrics = fk.evaluate(iob2_model, ner_files["test"], tmp_path / "eval", plots=False, bootstrap_resamples=0)
+    assert metrics["num_gold_entities"] == 8  # 1 + 2 + 2 + 1 + 2 in SENTENCES[:5]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not here")
+def test_wnut17_scheme_is_read_off_the_whole_training_set(tiny_encoder):
+    """WNUT-17 is IOB2; one E- tag anywhere in its 3,394 training sentences is an error naming
+    that token's line, instead of turning the run (and the scoring of the dev file) to BIOES."""
+    from finetune_kit.data import read_file
+
+    wnut = SHARED_DATA / "wnut17"
+    train, dev = read_file(wnut / "wnut17train.conll"), read_file(wnut / "emerging.dev.conll")
+    tokenizer = load_tokenizer(tiny_encoder)
+    task = TokenClassificationTask(task_settings({}, TokenClassificationTask))
+    task.setup(DatasetDict(train=train, validation=dev), tokenizer, {"train": "train", "validation": "dev"})
+    assert task.scheme == "IOB2"
+    sentence = 3000
+    position = train[sentence]["tags"].index("I-person")  # an I- inside a person: made its E-
+    line = train[sentence]["_token_lines"][position]
+
+    def stray(row, index):
+        if index == sentence:
+            row["tags"] = [*row["tags"][:position], "E-person", *row["tags"][position + 1:]]
+        return row
+
+    task = TokenClassificationTask(task_settings({}, TokenClassificationTask))
+    with pytest.raises(DataError, match=rf"^train line {line}: tag E-person is BIOES, but the file's other tags are "
+                                        r"IOB2 \(line \d+: \S+\); fix the tag$"):
+        task.setup(DatasetDict(train=train.map(stray, with_indices=True)), tokenizer, {"train": "train"})
