@@ -18,20 +18,16 @@ from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from torch import nn
 
-from .adapters import AdapterError, apply_lora, freeze, is_peft_model, load_adapter, merge_adapter
+from .adapters import apply_lora, freeze, is_peft_model, merge_adapter
 from .checkpoints import check_data, data_fingerprint, find_resume_checkpoint, list_checkpoints
 from .config import ConfigError, TrainConfig, load_config
 from .data import load_splits, read_file
-from .hub import HubUnreachableError
 from .modeling import (
     MANIFEST,
     WEIGHTS,
     Manifest,
     ModelDirError,
     count_parameters,
-    drop_pooler,
-    encoder_from_config,
-    load_encoder,
     load_encoder_config,
     load_tokenizer,
     load_weights,
@@ -43,9 +39,10 @@ from .modeling import (
 )
 from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
+from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings, uses_pooler
 from .model_card import describe_data, write_model_card
 from .report import ReportSettings, split_report, write_evaluation
-from .task import Task, TaskError, TaskSettings
+from .task import Task, TaskError
 from .trainer import Trainer, new_accelerator, prepare_features, stream_outputs
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -64,27 +61,9 @@ class TrainResult:
     best_metric: float | None
 
 
-def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
-    """The task's view of a run's settings; a column left unset takes the task's default
-    (``default_columns``, e.g. ``tokens``/``tags`` for tagging), else TaskSettings' own."""
-    defaults = {**{f: getattr(TaskSettings, f) for f in ("text_column", "text_pair_column", "label_column")},
-                **getattr(task_class, "default_columns", {})}
-    return TaskSettings(
-        **{column: config.get(column) or default for column, default in defaults.items()},
-        max_length=config.get("max_length") or getattr(task_class, "default_max_length", TaskSettings.max_length),
-        options=dict(config.get("task_options") or {}),
-        seed=int(config.get("seed", TaskSettings.seed)),
-    )
-
-
 def file_format_fallback(task: Task) -> str | None:
     """The format a task reads files of unknown extension as (``default_file_format``)."""
     return getattr(task, "default_file_format", None)
-
-
-def uses_pooler(task: Task) -> bool:
-    """Tasks read token vectors; one that wants the encoder's pooler says so (``uses_pooler``)."""
-    return bool(getattr(task, "uses_pooler", False))
 
 
 def predict_raw(
@@ -321,47 +300,6 @@ def describe_training_data(config: TrainConfig, task: Task, raw: Any, sources: d
     counter = getattr(task, "label_counts", None)
     counts = {split: counter(ds) for split, ds in raw.items()} if counter is not None else {}
     return describe_data(config.to_dict(), sources, {split: len(ds) for split, ds in raw.items()}, counts)
-
-
-def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: bool) -> nn.Module:
-    """The trained model of a directory: full weights, or the base encoder's pretrained weights
-    with the saved LoRA adapter and heads."""
-    keep_pooler = uses_pooler(task)
-    if not manifest.config.get("lora"):
-        model = task.build_model(encoder_from_config(model_dir, trust, keep_pooler=keep_pooler))
-        load_weights(model, model_dir)
-        return model
-    base = manifest.base_model
-    try:
-        encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
-    except (OSError, HubUnreachableError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise ModelDirError(f"{model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
-                            f"loaded ({reason})") from None
-    try:
-        return load_adapter(task.build_model(encoder), model_dir)
-    except AdapterError as exc:
-        raise ModelDirError(str(exc)) from None
-
-
-def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
-    """The encoder inside a trained model directory (LoRA updates merged into it), so that any
-    finetune-kit model, a masked-LM one above all, is a starting point for another task."""
-    from transformers import PreTrainedModel
-
-    model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    task_class = get_task_class(manifest.task)
-    task = task_class(task_settings(manifest.config, task_class))
-    task.load_state(manifest.task_state, load_tokenizer(str(model_dir), trust_remote_code))
-    model = saved_task_model(model_dir, manifest, task, trust_remote_code)
-    if is_peft_model(model):
-        model = merge_adapter(model)
-    encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
-    if keep_pooler and getattr(encoder, "pooler", None) is None:
-        raise ModelDirError(f"{model_dir}: its encoder was saved without a pooler layer; use a pooling that "
-                            f"reads the token vectors (cls or mean)")
-    return encoder if keep_pooler else drop_pooler(encoder)
 
 
 def input_list(inputs: Any) -> list[Any]:

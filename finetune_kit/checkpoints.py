@@ -16,6 +16,7 @@ Checkpoints of format 1 (before checksums) are resumed with a warning that they 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,6 +47,11 @@ FREE_ON_RESUME = frozenset({
     "output_dir", "overwrite", "resume", "resume_from", "resume_anyway", "save_steps", "save_total_limit",
     "logging_steps", "test_file", "test_split", "trust_remote_code", "report_plots", "bootstrap_resamples",
 })
+
+
+# The settings' defaults as JSON values, as run_settings records them.
+_DEFAULTS = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                   if f.default is not dataclasses.MISSING}))
 
 
 class ResumeError(ConfigError):
@@ -216,9 +222,13 @@ def check_data(checkpoint: Path, fingerprints: dict[str, str], sources: dict[str
 
 
 def check_settings(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any], option: str) -> None:
-    """Every setting in ``current`` must be the one the checkpoint was written with."""
+    """Every setting in ``current`` must be the one the checkpoint was written with. A setting
+    newer than the checkpoint (not recorded in it) must be at its default, which is what the
+    run that wrote the checkpoint had."""
     recorded = saved.get("settings", {})
     for key, value in current.items():
+        if key not in recorded and key in _DEFAULTS and value == _DEFAULTS[key]:
+            continue
         if key not in recorded:
             raise ResumeError(f"{option}: {checkpoint} does not record {key}; it cannot be resumed exactly")
         if recorded[key] != value:

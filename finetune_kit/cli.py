@@ -30,7 +30,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .embeddings import EmbeddingError
     from .hub import HubUnreachableError
-    from .modeling import ModelDirError, OutputWriteError
+    from .files import OutputWriteError
+    from .modeling import ModelDirError
     from .task import DataError, TaskError
 
     return (AdapterError, ConfigError, DataError, EmbeddingError, TaskError, HubUnreachableError, ModelDirError,
@@ -69,7 +70,7 @@ def _quiet_libraries() -> None:
 def _check_output(check: Any, path: Path, option: str = "--output") -> None:
     """Fail before any work when ``check`` (``check_output_file`` or ``check_output_directory``)
     finds that ``path`` cannot be written."""
-    from .modeling import OutputWriteError
+    from .files import OutputWriteError
 
     try:
         check(path)
@@ -128,6 +129,10 @@ def train(
     mixed_precision: Optional[str] = typer.Option(None, help="no, fp16 or bf16 (default: no)."),
     eval_steps: Optional[int] = typer.Option(None, help="Also evaluate every N optimizer steps."),
     metric_for_best: Optional[str] = typer.Option(None, help="Metric that picks the best checkpoint."),
+    greater_is_better: Optional[bool] = typer.Option(
+        None, "--greater-is-better/--lower-is-better",
+        help="Whether a higher or a lower --metric-for-best is better (default: as the task declares it: lower "
+             "for the loss and e.g. perplexity, higher for any other metric)."),
     early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after N evaluations without improvement."),
     save_steps: Optional[int] = typer.Option(
         None, help="Also write a checkpoint every N optimizer steps (default: after each epoch only)."),
@@ -190,7 +195,8 @@ def train(
         "warmup_ratio": warmup_ratio,
         "gradient_accumulation_steps": gradient_accumulation_steps, "max_grad_norm": max_grad_norm,
         "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
-        "metric_for_best": metric_for_best, "early_stopping_patience": early_stopping_patience,
+        "metric_for_best": metric_for_best, "greater_is_better": greater_is_better,
+        "early_stopping_patience": early_stopping_patience,
         "save_steps": save_steps, "save_total_limit": save_total_limit, "resume": resume, "resume_from": resume_from,
         "resume_anyway": resume_anyway,
         "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
@@ -222,7 +228,7 @@ def evaluate(
     """Evaluate a trained model on a labelled file; writes the report: report.html (open it in a
     browser), report.md, report.json, metrics.json and plots/."""
     from .api import evaluate as run_evaluate
-    from .modeling import check_output_directory
+    from .files import check_output_directory
 
     _quiet_libraries()
     if bootstrap_resamples < 0:
@@ -245,7 +251,7 @@ def compare(
     output: Optional[Path] = typer.Option(None, help="Also write the table to this Markdown file."),
 ) -> None:
     """Runs side by side: their settings and metrics (with 95% intervals where reported)."""
-    from .modeling import atomic_write_text, check_output_file
+    from .files import atomic_write_text, check_output_file
     from .report import CompareError, comparison_table, markdown_table
 
     if output is not None:
@@ -277,7 +283,7 @@ def predict(
     """Predict with a trained model; writes one JSON line per input: the label and its score, or for
     tagging the tokens, their tags and the entities."""
     from .api import load
-    from .modeling import check_output_file
+    from .files import check_output_file
 
     _quiet_libraries()
     to_stdout = str(output) == STDOUT
@@ -300,7 +306,7 @@ def predict(
 def _write_predictions(task: Any, predictions: list[dict[str, Any]], output: Path) -> list[Path]:
     """Write the predictions with the task's own writer (``write_predictions``), else as JSON
     Lines; returns the files written."""
-    from .modeling import atomic_write_text
+    from .files import atomic_write_text
 
     writer = getattr(task, "write_predictions", None)
     if writer is not None:

@@ -107,6 +107,10 @@ class TrainConfig:
     eval_steps: int | None = None
     # Metric that picks the best checkpoint (None: the task's default).
     metric_for_best: str | None = None
+    # Whether a higher value of the metric that picks the best checkpoint (metric_for_best, else
+    # the task's default) is better (true) or a lower one (false); None: as the task declares it
+    # (lower for the loss and the metrics it lists, e.g. perplexity; higher for any other).
+    greater_is_better: bool | None = None
     # Stop after this many evaluations without improvement (None: never).
     early_stopping_patience: int | None = None
     # Also write a checkpoint every N optimizer steps (None: only after each epoch). A

@@ -39,7 +39,8 @@ import numpy as np
 
 from .alignment import best_windows, plan_windows, special_tokens_around, word_pieces
 from .data import LINE_COLUMN, not_utf8, read_jsonl_rows
-from .modeling import atomic_write_bytes, atomic_write_text, position_limit
+from .files import atomic_write_bytes, atomic_write_text
+from .modeling import position_limit
 from .task import DataError
 
 LEVELS = ("token", "word", "text")
@@ -241,7 +242,8 @@ def _load(model: Any, trust_remote_code: bool, device: str | None) -> tuple[Any,
     else:
         import torch
 
-        from .modeling import load_encoder, load_tokenizer
+        from .modeling import load_tokenizer
+        from .saved_models import load_encoder
 
         name = str(model)
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)

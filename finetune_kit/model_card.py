@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from .modeling import WEIGHTS, atomic_write_text
+from .files import atomic_write_text
+from .modeling import WEIGHTS
 from .report import Markdown, interval_text, markdown_code, markdown_table, markdown_text
 
 MODEL_CARD = "README.md"

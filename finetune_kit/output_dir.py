@@ -70,7 +70,11 @@ def _lock(path: Path) -> Any:
     """The open lock file, locked. A file unlinked by a run that ended after we opened it is
     no lock any more: then the new one is locked instead."""
     while True:
-        handle = path.open("a+", encoding="utf-8")
+        try:
+            handle = path.open("a+", encoding="utf-8")
+        except OSError as exc:  # a folder the user may not write in
+            raise OutputDirError(f"output_dir: {path.parent} cannot be written ({exc.strerror}); choose another "
+                                 f"directory") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

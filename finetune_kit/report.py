@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .modeling import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text
 from .stats import DEFAULT_RESAMPLES, bootstrap, interval_settings
 from .task import Task
 

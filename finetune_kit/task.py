@@ -83,10 +83,14 @@ class Task(Protocol):
     required_columns: ClassVar[tuple[str, ...]]  # TaskSettings fields naming needed columns
     head_modules: ClassVar[tuple[str, ...]]  # module names kept trainable and saved under LoRA
     default_metric: ClassVar[str]  # metric that picks the best checkpoint
-    greater_is_better: ClassVar[bool]
 
     settings: TaskSettings
     # Optional attributes:
+    # - ``lower_is_better``: the metrics (``compute_metrics`` keys, and the ``loss`` the loop adds)
+    #   that are better lower, e.g. ``frozenset({"loss", "perplexity"})``; every other metric is
+    #   better higher, whatever its name. It gives the direction of ``default_metric`` and of any
+    #   ``metric_for_best``; the run's ``greater_is_better`` overrides it (default: {"loss"}).
+    #   A task without it may set ``greater_is_better`` (the direction of ``default_metric``).
     # - ``uses_pooler``: True keeps the encoder's pooler layer (default: dropped).
     # - ``default_columns``: column settings left unset take these, e.g.
     #   ``{"text_column": "tokens", "label_column": "tags"}`` (default: text, text_pair, label).
@@ -153,3 +157,33 @@ class Task(Protocol):
 
     def write_report(self, metrics: dict[str, Any], title: str) -> str:
         """Markdown report of one split's metrics."""
+
+
+# What a task that declares nothing has better lower: the loss the loop adds to the metrics.
+LOWER_IS_BETTER = frozenset({"loss"})
+
+
+def lower_is_better(task: Task) -> frozenset[str]:
+    """The metrics of ``task`` that are better lower: its ``lower_is_better`` declaration; a task
+    without one has the loss, and its ``default_metric`` as its ``greater_is_better`` says."""
+    declared = getattr(task, "lower_is_better", None)
+    if isinstance(declared, str):
+        raise TaskError(f"{task.name}: lower_is_better is the string {declared!r}; declare a set of metric "
+                        f"names, e.g. frozenset({{{declared!r}}})")
+    if declared is not None:
+        return frozenset(declared)
+    default_direction = getattr(task, "greater_is_better", None)
+    if default_direction is None:
+        return LOWER_IS_BETTER
+    if default_direction:
+        return LOWER_IS_BETTER - {task.default_metric}
+    return LOWER_IS_BETTER | {task.default_metric}
+
+
+def greater_is_better(task: Task, metric: str, setting: bool | None = None) -> bool:
+    """Whether a higher ``metric`` is a better model: ``setting`` (the run's ``greater_is_better``)
+    when given, else the task's declaration: lower for its ``lower_is_better`` metrics, higher for
+    any other. The name of a metric says nothing (an undeclared "hinge_loss" is better higher)."""
+    if setting is not None:
+        return setting
+    return metric not in lower_is_better(task)

@@ -35,9 +35,9 @@ from .checkpoints import (
     run_settings,
     save_checkpoint,
 )
-from .config import TrainConfig
-from .modeling import atomic_write_text
-from .task import OutputBatch, Task
+from .config import ConfigError, TrainConfig
+from .files import atomic_write_text
+from .task import OutputBatch, Task, greater_is_better
 
 FEATURE_INDEX = "_feature_index"
 EXAMPLE_INDEX = "_index"
@@ -304,7 +304,7 @@ class Trainer:
         self.evaluate_split = evaluate_split
         self.save_best = save_best
         self.metric = config.metric_for_best or task.default_metric
-        self.greater_is_better = task.greater_is_better if config.metric_for_best is None else not self.metric.endswith("loss")
+        self.greater_is_better = greater_is_better(task, self.metric, config.greater_is_better)
         self.state = TrainState()
         self.running_loss, self.running_batches = 0.0, 0
         self.output_dir = Path(config.output_dir)
@@ -376,7 +376,7 @@ class Trainer:
         self.model.train()
         value = metrics.get(self.metric)
         if value is None:
-            raise KeyError(f"metric_for_best: '{self.metric}' is not among the metrics ({', '.join(metrics)})")
+            raise ConfigError(f"metric_for_best: '{self.metric}' is not among the metrics ({', '.join(metrics)})")
         record = {"event": "evaluate", "step": self.state.global_step, "epoch": round(self.state.epoch, 4),
                   "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self.log.write(record)
@@ -513,5 +513,5 @@ class Trainer:
                         "train_padded_tokens": state.train_padded_tokens,
                         "tokens_per_s": state.train_tokens / max(state.train_runtime_s, 1e-9),
                         "best_metric": state.best_metric, "best_step": state.best_step,
-                        "metric_for_best": self.metric})
+                        "metric_for_best": self.metric, "greater_is_better": self.greater_is_better})
         return state

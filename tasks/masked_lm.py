@@ -239,7 +239,7 @@ class MaskedLMTask:
                                   "SpanBERT span masking, optional span boundary objective)")
     required_columns: ClassVar[tuple[str, ...]] = ("text_column",)
     default_metric: ClassVar[str] = "perplexity"
-    greater_is_better: ClassVar[bool] = False
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mlm_loss", "perplexity", "sbo_loss"})
     default_file_format: ClassVar[str] = "text"
     evaluate_before_training: ClassVar[bool] = True
 

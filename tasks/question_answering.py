@@ -47,7 +47,7 @@ from finetune_kit.metrics import (
     squad_rules_of,
     tune_null_threshold,
 )
-from finetune_kit.modeling import atomic_write_text
+from finetune_kit.files import atomic_write_text
 from finetune_kit.report import MAX_EXAMPLES, bar_chart, curve, marked, markdown_table, section, table
 from finetune_kit.stats import mean_of
 from finetune_kit.task import (
@@ -111,7 +111,7 @@ class QuestionAnsweringTask:
     default_max_length: ClassVar[int] = 384
     head_modules: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     default_metric: ClassVar[str] = "f1"
-    greater_is_better: ClassVar[bool] = True
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings

@@ -181,7 +181,7 @@ class SpanNerTask:
     head_modules: ClassVar[tuple[str, ...]] = ("start_ffnn", "end_ffnn", "span_attention", "width_embedding",
                                                "span_classifier")
     default_metric: ClassVar[str] = "best_f1"
-    greater_is_better: ClassVar[bool] = True
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     default_head_learning_rate: ClassVar[float] = 1e-3
 
     def __init__(self, settings: TaskSettings) -> None:
@@ -531,7 +531,7 @@ class SpanNerTask:
     def write_predictions(self, predictions: list[dict[str, Any]], path: Any) -> list[Any]:
         import json
 
-        from finetune_kit.modeling import atomic_write_text
+        from finetune_kit.files import atomic_write_text
 
         atomic_write_text(path, "".join(json.dumps({"tokens": p["tokens"], "spans": p["spans"]}, ensure_ascii=False)
                                         + "\n" for p in predictions))

@@ -101,7 +101,7 @@ class TextClassificationTask:
     required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     default_metric: ClassVar[str] = "accuracy"
-    greater_is_better: ClassVar[bool] = True
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
 
     def __init__(self, settings: TaskSettings) -> None:
         unknown = set(settings.options) - self.known_options()

@@ -157,7 +157,7 @@ class TokenClassificationTask:
     default_file_format: ClassVar[str] = "conll"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier", "crf")
     default_metric: ClassVar[str] = "f1"
-    greater_is_better: ClassVar[bool] = True
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings

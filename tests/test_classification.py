@@ -270,7 +270,7 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path: Path):
     import os
     import stat
 
-    from finetune_kit.modeling import atomic_write_text
+    from finetune_kit.files import atomic_write_text
 
     previous = os.umask(0o022)
     try:

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finetune_kit_tasks.masked_lm import MaskedLanguageModel, MaskedLMTask
 from safetensors.torch import load_file
 
 import finetune_kit as fk
-from finetune_kit.api import saved_encoder
 from finetune_kit.checkpoints import read_checkpoint
 from finetune_kit.masking import IGNORE_INDEX, NOT_A_WORD
-from finetune_kit.modeling import load_encoder, load_tokenizer
+from finetune_kit.modeling import load_tokenizer
+from finetune_kit.saved_models import load_encoder, saved_encoder
 from finetune_kit.task import DataError, TaskError, TaskSettings
 from finetune_kit.trainer import prepare_features
-from finetune_kit_tasks.masked_lm import MaskedLanguageModel, MaskedLMTask
 from tests.conftest import NEGATIVE, POSITIVE, write_csv, write_jsonl
 
 TEXTS = POSITIVE + NEGATIVE

@@ -14,11 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 import finetune_kit as fk
-from finetune_kit.api import evaluate, export, export_encoder, saved_encoder
+from finetune_kit.api import evaluate, export, export_encoder
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError
 from finetune_kit.embeddings import EmbeddingError, embed
-from finetune_kit.modeling import ModelDirError, load_encoder, load_tokenizer, position_limit
+from finetune_kit.modeling import ModelDirError, load_tokenizer, position_limit
+from finetune_kit.saved_models import load_encoder, saved_encoder
 from tests.conftest import NEGATIVE, POSITIVE, write_csv
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import finetune_kit as fk
 from finetune_kit.cli import app
 from finetune_kit.model_card import read_front_matter
-from finetune_kit.modeling import OutputWriteError, atomic_write_text
+from finetune_kit.files import OutputWriteError, atomic_write_text
 from tests.conftest import NEGATIVE, POSITIVE, write_csv
 
 runner = CliRunner()
@@ -113,10 +113,13 @@ def read_fifo_during(fifo: Path, write) -> tuple[object, str | None]:
     try:
         result = write()
     finally:
-        if reader.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode):
-            with open(fifo, "w"):  # nothing was written: let the reader see the end
-                pass
         reader.join(timeout=10)
+        if reader.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode):
+            try:  # nothing was written: let the waiting reader see the end
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            reader.join(timeout=10)
     return result, (received[0] if received else None)
 
 
@@ -161,12 +164,12 @@ def test_predict_below_a_regular_file_is_one_line_error(trained, tmp_path):
 
 def test_predict_without_permission_is_one_line_error(trained, tmp_path, monkeypatch):
     """As root every folder is writable; what another user sees is simulated where the file is made."""
-    import finetune_kit.modeling as modeling
+    import finetune_kit.files as files
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".p.jsonl.x"))
 
-    monkeypatch.setattr(modeling.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     result = predict(trained, tmp_path / "p.jsonl")
     assert_one_line_error(result, f"{tmp_path / 'p.jsonl'}: cannot be written (Permission denied)")
     assert list(tmp_path.iterdir()) == []

@@ -425,13 +425,25 @@ def test_a_checkpoint_without_checksums_resumes_with_a_warning(tiny_encoder, fin
     shutil.rmtree(out / "checkpoints" / "step-16")
     checkpoint = out / "checkpoints" / "step-15"
     saved = read_checkpoint(checkpoint)
-    del saved["files"], saved["settings"]["data"]
+    del saved["files"], saved["settings"]["data"], saved["settings"]["greater_is_better"]  # newer than format 1
     (checkpoint / STATE_FILE).write_text(json.dumps({**saved, "format_version": 1}))
     capsys.readouterr()
     train_small(tiny_encoder, files, out, resume=True, save_total_limit=2)
     assert (f"warning: {checkpoint} was written by an earlier finetune-kit (checkpoint format 1) without checksums "
             "or data fingerprints: its files and the data cannot be checked") in capsys.readouterr().err.splitlines()
     assert_same_weights(out / "checkpoints" / "step-16", reference_out / "checkpoints" / "step-16")
+
+
+def test_a_setting_newer_than_the_checkpoint_must_be_at_its_default(tmp_path):
+    """A checkpoint written before a setting existed was written with that setting's default."""
+    from finetune_kit.checkpoints import ResumeError, check_settings
+
+    saved = {"settings": {"seed": 42}}
+    check_settings(tmp_path, saved, {"seed": 42, "greater_is_better": None}, "resume")
+    with pytest.raises(ResumeError, match="does not record greater_is_better; it cannot be resumed exactly"):
+        check_settings(tmp_path, saved, {"seed": 42, "greater_is_better": False}, "resume")
+    with pytest.raises(ResumeError, match="does not record num_processes"):  # not a setting with a default
+        check_settings(tmp_path, saved, {"seed": 42, "num_processes": 1}, "resume")
 
 
 def flipped(rows: list[dict]) -> list[dict]:

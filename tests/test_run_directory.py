@@ -108,6 +108,26 @@ def test_an_output_path_through_a_file_is_a_one_line_error(tiny_encoder, sentime
     assert blocker.read_text() == "not a folder"
 
 
+def test_an_output_directory_without_write_permission_is_a_one_line_error(tiny_encoder, sentiment_files, tmp_path,
+                                                                          monkeypatch):
+    """What a user who may not write in the folder sees (simulated: the tests run as root)."""
+    out = tmp_path / "read-only"
+    out.mkdir()
+    opened = Path.open
+
+    def refuse_the_lock_file(self, *args, **kwargs):
+        if self.name == LOCK_FILE:
+            raise PermissionError(13, "Permission denied")
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse_the_lock_file)
+    result = CliRunner().invoke(app, train_args(tiny_encoder, sentiment_files, out))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: output_dir: {out} cannot be written (Permission denied); choose another directory"]
+    assert list(out.iterdir()) == []
+
+
 @pytest.fixture()
 def bad_validation(sentiment_files, tmp_path):
     """The sentiment files with a validation label never seen in training."""

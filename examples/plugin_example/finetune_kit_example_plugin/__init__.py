@@ -78,7 +78,7 @@ class TextRegressionTask:
     required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
     head_modules: ClassVar[tuple[str, ...]] = ("regressor",)
     default_metric: ClassVar[str] = "mse"
-    greater_is_better: ClassVar[bool] = False
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mse", "mae"})
 
     def __init__(self, settings: TaskSettings) -> None:
         if settings.options:

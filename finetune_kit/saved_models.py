@@ -1,0 +1,96 @@
+"""Trained model directories read back: the task as it was set up, the task model with its
+weights (or its LoRA adapter on the base encoder), and the encoder inside, which any task can
+start from (``load_encoder`` takes a pretrained encoder or a finetune-kit model directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .adapters import AdapterError, is_peft_model, load_adapter, merge_adapter
+from .hub import HubUnreachableError
+from .modeling import (
+    MANIFEST,
+    Manifest,
+    ModelDirError,
+    drop_pooler,
+    encoder_from_config,
+    load_pretrained_encoder,
+    load_tokenizer,
+    load_weights,
+    read_manifest,
+    resolve_model_path,
+)
+from .registry import get_task_class
+from .task import Task, TaskSettings
+
+
+def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
+    """The task's view of a run's settings; a column left unset takes the task's default
+    (``default_columns``, e.g. ``tokens``/``tags`` for tagging), else TaskSettings' own."""
+    defaults = {**{f: getattr(TaskSettings, f) for f in ("text_column", "text_pair_column", "label_column")},
+                **getattr(task_class, "default_columns", {})}
+    return TaskSettings(
+        **{column: config.get(column) or default for column, default in defaults.items()},
+        max_length=config.get("max_length") or getattr(task_class, "default_max_length", TaskSettings.max_length),
+        options=dict(config.get("task_options") or {}),
+        seed=int(config.get("seed", TaskSettings.seed)),
+    )
+
+
+def uses_pooler(task: Task) -> bool:
+    """Tasks read token vectors; one that wants the encoder's pooler says so (``uses_pooler``)."""
+    return bool(getattr(task, "uses_pooler", False))
+
+
+def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: bool) -> nn.Module:
+    """The trained model of a directory: full weights, or the base encoder's pretrained weights
+    with the saved LoRA adapter and heads."""
+    keep_pooler = uses_pooler(task)
+    if not manifest.config.get("lora"):
+        model = task.build_model(encoder_from_config(model_dir, trust, keep_pooler=keep_pooler))
+        load_weights(model, model_dir)
+        return model
+    base = manifest.base_model
+    try:
+        encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
+    except (OSError, HubUnreachableError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelDirError(f"{model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
+                            f"loaded ({reason})") from None
+    try:
+        return load_adapter(task.build_model(encoder), model_dir)
+    except AdapterError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
+def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
+    """The encoder inside a trained model directory (LoRA updates merged into it), so that any
+    finetune-kit model, a masked-LM one above all, is a starting point for another task."""
+    from transformers import PreTrainedModel
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    task_class = get_task_class(manifest.task)
+    task = task_class(task_settings(manifest.config, task_class))
+    task.load_state(manifest.task_state, load_tokenizer(str(model_dir), trust_remote_code))
+    model = saved_task_model(model_dir, manifest, task, trust_remote_code)
+    if is_peft_model(model):
+        model = merge_adapter(model)
+    encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+    if keep_pooler and getattr(encoder, "pooler", None) is None:
+        raise ModelDirError(f"{model_dir}: its encoder was saved without a pooler layer; use a pooling that "
+                            f"reads the token vectors (cls or mean)")
+    return encoder if keep_pooler else drop_pooler(encoder)
+
+
+def load_encoder(name: str, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:
+    """A pretrained encoder (the base model, no task head; its pooler only if asked for), or
+    the encoder inside a finetune-kit model directory (after masked-LM pretraining, or a model of
+    another task)."""
+    path = resolve_model_path(name)
+    if (Path(path) / MANIFEST).is_file():
+        return saved_encoder(path, trust_remote_code, keep_pooler)
+    return load_pretrained_encoder(name, trust_remote_code, keep_pooler)
