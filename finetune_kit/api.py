@@ -43,7 +43,9 @@ from .saved_models import load_encoder, saved_encoder, saved_task_model, task_se
 from .model_card import describe_data, write_model_card
 from .report import ReportSettings, split_report, write_evaluation
 from .task import Task, TaskError
-from .trainer import Trainer, new_accelerator, prepare_features, stream_outputs
+from .accelerator import new_accelerator
+from .inference import evaluate_raw, predict_raw, prepare_features
+from .trainer import Trainer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -64,32 +66,6 @@ class TrainResult:
 def file_format_fallback(task: Task) -> str | None:
     """The format a task reads files of unknown extension as (``default_file_format``)."""
     return getattr(task, "default_file_format", None)
-
-
-def predict_raw(
-    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, batch_size: int,
-    features: Dataset | None = None, losses: list[float] | None = None,
-) -> list[dict[str, Any]]:
-    """Predictions for every raw example, streamed through the task's postprocessing."""
-    if features is None:
-        features = prepare_features(task, raw, "predict")
-    return task.postprocess(raw, features, stream_outputs(accelerator, model, features, task, batch_size, losses))
-
-
-def evaluate_raw(
-    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, features: Dataset, batch_size: int,
-    calibrate: bool = False,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics and predictions of a split; with ``calibrate``, the task first tunes its decision
-    settings (``calibrate``, e.g. a threshold) on these predictions, then scores them."""
-    losses: list[float] = []
-    predictions = predict_raw(accelerator, model, task, raw, batch_size, features, losses)
-    if calibrate and hasattr(task, "calibrate"):
-        task.calibrate(predictions, raw)
-    metrics = task.compute_metrics(predictions, raw)
-    if losses:
-        metrics["loss"] = float(sum(losses) / len(losses))
-    return metrics, predictions
 
 
 def adapt_model(model: nn.Module, encoder: nn.Module, config: TrainConfig, task: Task) -> nn.Module:

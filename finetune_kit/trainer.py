@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -26,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from .batching import LengthGroupedBatchSampler, sorted_eval_batches
+from .batching import LengthGroupedBatchSampler
 from .checkpoints import (
     check_settings,
     read_checkpoint,
@@ -37,151 +35,8 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .files import atomic_write_text
-from .task import OutputBatch, Task, greater_is_better
-
-FEATURE_INDEX = "_feature_index"
-EXAMPLE_INDEX = "_index"
-
-
-def new_accelerator(**kwargs: Any) -> Accelerator:
-    """An Accelerator with these settings, even when an earlier run in this process used others.
-
-    Accelerate keeps its settings in a process-wide singleton, so a second ``train()`` with
-    another ``mixed_precision`` (a notebook, a sweep) would fail; the per-run part of that state
-    is cleared first. The distributed part (process group, ranks) is kept.
-    """
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    accelerator = Accelerator(**kwargs)
-    if _processes_left_apart(accelerator):
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        accelerator = Accelerator(cpu=True, **kwargs)
-    return accelerator
-
-
-def _processes_left_apart(accelerator: Accelerator) -> bool:
-    """Whether the launcher started several processes that each run alone on a CPU.
-
-    ``accelerate launch --multi_gpu`` (torchrun) on a machine without GPUs starts the processes,
-    but Accelerate joins them (gloo) only when told to use the CPU (``ACCELERATE_USE_CPU``);
-    otherwise each would train its own copy and all would write the same files. Such a launch
-    can only mean CPU processes, so they are joined as such.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    return launched > 1 and accelerator.num_processes == 1 and accelerator.device.type == "cpu"
-
-
-def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
-    """Run the task's preprocessing over a raw split (the raw row index passed as ``_index``)."""
-
-    def run(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        return task.preprocess({**batch, EXAMPLE_INDEX: indices}, split)
-
-    features = raw.map(run, batched=True, with_indices=True, remove_columns=raw.column_names,
-                       desc=f"Preprocessing {split}" if len(raw) > 5000 else None)
-    return features.add_column(FEATURE_INDEX, list(range(len(features))))
-
-
-def feature_lengths(features: Dataset) -> list[int]:
-    return [len(ids) for ids in features["input_ids"]]
-
-
-def make_collate(task: Task) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    """Wrap the task's collate so every batch carries the indices of its features."""
-
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        indices = [item.pop(FEATURE_INDEX) for item in items]
-        batch = task.collate(items)
-        batch[FEATURE_INDEX] = torch.tensor(indices, dtype=torch.long)
-        return batch
-
-    return collate
-
-
-def split_model_inputs(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
-    indices = batch.pop(FEATURE_INDEX)
-    return batch, indices
-
-
-def _output_tensors(output: Any) -> dict[str, torch.Tensor]:
-    items = output.items() if hasattr(output, "items") else vars(output).items()
-    return {k: v for k, v in items if k != "loss" and isinstance(v, torch.Tensor)}
-
-
-def stream_outputs(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    features: Dataset,
-    task: Task,
-    batch_size: int,
-    losses: list[float] | None = None,
-) -> Iterator[OutputBatch]:
-    """Run the model over ``features`` and yield (feature indices, numpy outputs) per batch.
-
-    Batches are sorted by length within chunks. Across processes, every batch is padded to a
-    common shape (indices padded with -1), gathered, and each feature is kept exactly once by
-    its index: the duplicates Accelerate adds to even out the last batches are dropped, and no
-    real feature is, whatever the batch sizes.
-    """
-    loader = DataLoader(
-        features,
-        batch_sampler=sorted_eval_batches(feature_lengths(features), batch_size),
-        collate_fn=make_collate(task),
-    )
-    loader = accelerator.prepare_data_loader(loader)
-    seen = np.zeros(len(features), dtype=bool)
-    model.eval()
-    # no_grad rather than inference_mode: FSDP's unsharded parameters made under inference mode
-    # cannot be used again by the training steps that follow an evaluation.
-    with torch.no_grad():
-        for batch in loader:
-            inputs, indices = split_model_inputs(batch)
-            output = model(**inputs)
-            tensors = _output_tensors(output)
-            if accelerator.num_processes > 1:
-                indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
-                tensors = {k: _pad_all_dims(accelerator, v) for k, v in tensors.items()}
-                indices = accelerator.gather(indices)
-                tensors = {k: accelerator.gather(v) for k, v in tensors.items()}
-            index_array = indices.cpu().numpy()
-            keep = first_sightings(index_array, seen)
-            if losses is not None and getattr(output, "loss", None) is not None:
-                losses.extend(_batch_losses(accelerator, output.loss, keep))
-            if not keep.any():
-                continue
-            seen[index_array[keep]] = True
-            arrays = {k: v.float().cpu().numpy()[keep] for k, v in tensors.items()}
-            yield index_array[keep], arrays
-
-
-def first_sightings(indices: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """Mask of the gathered positions to keep: real features (not the -1 padding) that no
-    earlier batch held and no earlier position of this one holds (with fewer batches than
-    processes, two processes run the same batch at once)."""
-    keep = np.zeros(len(indices), dtype=bool)
-    real = np.flatnonzero(indices >= 0)
-    _, first = np.unique(indices[real], return_index=True)
-    firsts = real[first]
-    keep[firsts] = ~seen[indices[firsts]]
-    return keep
-
-
-def _batch_losses(accelerator: Accelerator, loss: torch.Tensor, keep: np.ndarray) -> list[float]:
-    """The loss of each process's batch, those that only repeat earlier features left out, so
-    that the mean over batches is the one a single process computes over the same batches."""
-    per_process = accelerator.gather(loss.detach().float().reshape(1)).cpu().tolist()
-    fresh = keep.reshape(len(per_process), -1).any(axis=1)
-    return [value for value, counted in zip(per_process, fresh) if counted]
-
-
-def _pad_all_dims(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
-    for dim in range(tensor.dim()):
-        tensor = accelerator.pad_across_processes(tensor, dim=dim)
-    return tensor
-
+from .inference import feature_lengths, make_collate, split_model_inputs
+from .task import Task, greater_is_better
 
 def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
     """The learning rate of the task's head modules: the run's ``head_learning_rate``, else the

@@ -51,7 +51,7 @@ def test_pair_inputs_are_one_sequence_with_segments(tiny_encoder, pair_files, tm
     predictor = fk.load(tmp_path / "p")
     from datasets import Dataset
 
-    from finetune_kit.trainer import prepare_features
+    from finetune_kit.inference import prepare_features
 
     raw = Dataset.from_list(predictor.task.to_examples([("the cat sat", "a dog ran")]))
     feature = prepare_features(predictor.task, raw, "predict")[0]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import finetune_kit as fk
-from finetune_kit.trainer import first_sightings, give_deepspeed_the_batch_size
+from finetune_kit.inference import first_sightings
+from finetune_kit.trainer import give_deepspeed_the_batch_size
 from tests.conftest import NEGATIVE, POSITIVE, REPO, write_csv, write_jsonl
 
 CPU_CONFIG = REPO / "examples" / "accelerate" / "cpu_2proc.yaml"
@@ -216,7 +217,7 @@ def test_processes_without_gpus_are_joined_on_the_cpu(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text("import sys\n"
                       "from pathlib import Path\n"
-                      "from finetune_kit.trainer import new_accelerator\n"
+                      "from finetune_kit.accelerator import new_accelerator\n"
                       "accelerator = new_accelerator()\n"
                       "rank, size = accelerator.process_index, accelerator.num_processes\n"
                       "Path(sys.argv[1], f'{rank}-of-{size}').touch()\n")

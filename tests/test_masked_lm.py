@@ -19,7 +19,7 @@ from finetune_kit.masking import IGNORE_INDEX, NOT_A_WORD
 from finetune_kit.modeling import load_tokenizer
 from finetune_kit.saved_models import load_encoder, saved_encoder
 from finetune_kit.task import DataError, TaskError, TaskSettings
-from finetune_kit.trainer import prepare_features
+from finetune_kit.inference import prepare_features
 from tests.conftest import NEGATIVE, POSITIVE, write_csv, write_jsonl
 
 TEXTS = POSITIVE + NEGATIVE

@@ -22,7 +22,7 @@ from finetune_kit.metrics import (
 )
 from finetune_kit.modeling import load_tokenizer
 from finetune_kit.task import DataError, TaskError
-from finetune_kit.trainer import prepare_features
+from finetune_kit.inference import prepare_features
 
 LETTERS = "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3".split()  # one token each
 

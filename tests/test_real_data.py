@@ -92,7 +92,7 @@ def test_squad_training_labels_decode_back_to_the_gold_answers():
 
     from finetune_kit.api import task_settings
     from finetune_kit.modeling import load_tokenizer
-    from finetune_kit.trainer import prepare_features
+    from finetune_kit.inference import prepare_features
 
     raw = read_file(SQUAD)
     task = QuestionAnsweringTask(task_settings({}, QuestionAnsweringTask))

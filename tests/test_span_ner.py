@@ -15,7 +15,7 @@ from finetune_kit.metrics import span_metrics
 from finetune_kit.modeling import load_tokenizer
 from finetune_kit.spans import calibrate_threshold, candidate_spans, decode
 from finetune_kit.task import DataError, TaskError
-from finetune_kit.trainer import prepare_features
+from finetune_kit.inference import prepare_features
 from tests.conftest import write_jsonl
 
 

@@ -14,7 +14,7 @@ from finetune_kit.cli import app
 from finetune_kit.modeling import load_tokenizer
 from finetune_kit.tagging import first_invalid_transition
 from finetune_kit.task import DataError
-from finetune_kit.trainer import prepare_features
+from finetune_kit.inference import prepare_features
 from finetune_kit_tasks.token_classification import TokenClassificationTask
 from tests.conftest import SHARED_DATA, write_jsonl
 

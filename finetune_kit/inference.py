@@ -1,0 +1,156 @@
+"""Running a model over a split: features from raw rows, outputs streamed batch by batch
+(gathered across processes, each feature kept once), and the task's predictions and metrics
+from them. Training evaluates through here, and so do ``predict`` and ``evaluate``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from .batching import sorted_eval_batches
+from .task import OutputBatch, Task
+
+FEATURE_INDEX = "_feature_index"
+EXAMPLE_INDEX = "_index"
+
+
+
+def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
+    """Run the task's preprocessing over a raw split (the raw row index passed as ``_index``)."""
+
+    def run(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        return task.preprocess({**batch, EXAMPLE_INDEX: indices}, split)
+
+    features = raw.map(run, batched=True, with_indices=True, remove_columns=raw.column_names,
+                       desc=f"Preprocessing {split}" if len(raw) > 5000 else None)
+    return features.add_column(FEATURE_INDEX, list(range(len(features))))
+
+
+def feature_lengths(features: Dataset) -> list[int]:
+    return [len(ids) for ids in features["input_ids"]]
+
+
+def make_collate(task: Task) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Wrap the task's collate so every batch carries the indices of its features."""
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        indices = [item.pop(FEATURE_INDEX) for item in items]
+        batch = task.collate(items)
+        batch[FEATURE_INDEX] = torch.tensor(indices, dtype=torch.long)
+        return batch
+
+    return collate
+
+
+def split_model_inputs(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    indices = batch.pop(FEATURE_INDEX)
+    return batch, indices
+
+
+def _output_tensors(output: Any) -> dict[str, torch.Tensor]:
+    items = output.items() if hasattr(output, "items") else vars(output).items()
+    return {k: v for k, v in items if k != "loss" and isinstance(v, torch.Tensor)}
+
+
+def stream_outputs(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    features: Dataset,
+    task: Task,
+    batch_size: int,
+    losses: list[float] | None = None,
+) -> Iterator[OutputBatch]:
+    """Run the model over ``features`` and yield (feature indices, numpy outputs) per batch.
+
+    Batches are sorted by length within chunks. Across processes, every batch is padded to a
+    common shape (indices padded with -1), gathered, and each feature is kept exactly once by
+    its index: the duplicates Accelerate adds to even out the last batches are dropped, and no
+    real feature is, whatever the batch sizes.
+    """
+    loader = DataLoader(
+        features,
+        batch_sampler=sorted_eval_batches(feature_lengths(features), batch_size),
+        collate_fn=make_collate(task),
+    )
+    loader = accelerator.prepare_data_loader(loader)
+    seen = np.zeros(len(features), dtype=bool)
+    model.eval()
+    # no_grad rather than inference_mode: FSDP's unsharded parameters made under inference mode
+    # cannot be used again by the training steps that follow an evaluation.
+    with torch.no_grad():
+        for batch in loader:
+            inputs, indices = split_model_inputs(batch)
+            output = model(**inputs)
+            tensors = _output_tensors(output)
+            if accelerator.num_processes > 1:
+                indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
+                tensors = {k: _pad_all_dims(accelerator, v) for k, v in tensors.items()}
+                indices = accelerator.gather(indices)
+                tensors = {k: accelerator.gather(v) for k, v in tensors.items()}
+            index_array = indices.cpu().numpy()
+            keep = first_sightings(index_array, seen)
+            if losses is not None and getattr(output, "loss", None) is not None:
+                losses.extend(_batch_losses(accelerator, output.loss, keep))
+            if not keep.any():
+                continue
+            seen[index_array[keep]] = True
+            arrays = {k: v.float().cpu().numpy()[keep] for k, v in tensors.items()}
+            yield index_array[keep], arrays
+
+
+def first_sightings(indices: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mask of the gathered positions to keep: real features (not the -1 padding) that no
+    earlier batch held and no earlier position of this one holds (with fewer batches than
+    processes, two processes run the same batch at once)."""
+    keep = np.zeros(len(indices), dtype=bool)
+    real = np.flatnonzero(indices >= 0)
+    _, first = np.unique(indices[real], return_index=True)
+    firsts = real[first]
+    keep[firsts] = ~seen[indices[firsts]]
+    return keep
+
+
+def _batch_losses(accelerator: Accelerator, loss: torch.Tensor, keep: np.ndarray) -> list[float]:
+    """The loss of each process's batch, those that only repeat earlier features left out, so
+    that the mean over batches is the one a single process computes over the same batches."""
+    per_process = accelerator.gather(loss.detach().float().reshape(1)).cpu().tolist()
+    fresh = keep.reshape(len(per_process), -1).any(axis=1)
+    return [value for value, counted in zip(per_process, fresh) if counted]
+
+
+def _pad_all_dims(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    for dim in range(tensor.dim()):
+        tensor = accelerator.pad_across_processes(tensor, dim=dim)
+    return tensor
+
+
+def predict_raw(
+    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, batch_size: int,
+    features: Dataset | None = None, losses: list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions for every raw example, streamed through the task's postprocessing."""
+    if features is None:
+        features = prepare_features(task, raw, "predict")
+    return task.postprocess(raw, features, stream_outputs(accelerator, model, features, task, batch_size, losses))
+
+
+def evaluate_raw(
+    accelerator: Accelerator, model: Any, task: Task, raw: Dataset, features: Dataset, batch_size: int,
+    calibrate: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and predictions of a split; with ``calibrate``, the task first tunes its decision
+    settings (``calibrate``, e.g. a threshold) on these predictions, then scores them."""
+    losses: list[float] = []
+    predictions = predict_raw(accelerator, model, task, raw, batch_size, features, losses)
+    if calibrate and hasattr(task, "calibrate"):
+        task.calibrate(predictions, raw)
+    metrics = task.compute_metrics(predictions, raw)
+    if losses:
+        metrics["loss"] = float(sum(losses) / len(losses))
+    return metrics, predictions
