@@ -39,7 +39,7 @@ from .modeling import (
 )
 from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
-from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings, uses_pooler
+from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings
 from .model_card import describe_data, write_model_card
 from .report import ReportSettings, split_report, write_evaluation
 from .task import Task, TaskError
@@ -65,7 +65,7 @@ class TrainResult:
 
 def file_format_fallback(task: Task) -> str | None:
     """The format a task reads files of unknown extension as (``default_file_format``)."""
-    return getattr(task, "default_file_format", None)
+    return task.default_file_format
 
 
 def adapt_model(model: nn.Module, encoder: nn.Module, config: TrainConfig, task: Task) -> nn.Module:
@@ -73,7 +73,7 @@ def adapt_model(model: nn.Module, encoder: nn.Module, config: TrainConfig, task:
     freeze(model, encoder, config.freeze_embeddings, config.train_top_layers)
     if not config.lora:
         return model
-    heads = [*task.head_modules, *(["pooler"] if uses_pooler(task) else [])]
+    heads = [*task.head_modules, *(["pooler"] if task.uses_pooler else [])]
     return apply_lora(model, encoder, heads, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, top_layers=config.train_top_layers,
                       base_model=config.model)
@@ -188,7 +188,7 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
     features = {split: prepare_features(task, ds, split) for split, ds in raw.items()}
 
     set_seed(config.seed)
-    encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=uses_pooler(task))
+    encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=task.uses_pooler)
     model = adapt_model(task.build_model(encoder), encoder, config, task)
     trainable, total = count_parameters(model)
     console.print(f"[bold]{escape(config.task)}[/] on {escape(config.model)}: {trainable:,} trainable of "
@@ -208,8 +208,8 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
     evaluate_validation = None
     if "validation" in raw:
         def evaluate_validation(current: Any) -> dict[str, Any]:
-            metrics, _ = evaluate_raw(accelerator, current, task, raw["validation"], features["validation"],
-                                      config.eval_batch_size)
+            metrics, _, _ = evaluate_raw(accelerator, current, task, raw["validation"], features["validation"],
+                                         config.eval_batch_size)
             return metrics
 
     trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
@@ -224,16 +224,19 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
     report_settings = ReportSettings(plots=config.report_plots, bootstrap_resamples=config.bootstrap_resamples,
                                      seed=config.seed)
     split_reports: dict[str, dict[str, Any]] = {}
+    state_tuned = False
     for split in ("validation", "test"):
         if split in raw:
-            metrics[split], predictions = evaluate_raw(accelerator, trainer.model, task, raw[split], features[split],
-                                                       config.eval_batch_size, calibrate=split == "validation")
+            metrics[split], predictions, tuned = evaluate_raw(accelerator, trainer.model, task, raw[split],
+                                                              features[split], config.eval_batch_size,
+                                                              calibrate=split == "validation")
+            state_tuned = state_tuned or tuned
             if split in before:
                 metrics[split]["before_training"] = before[split]
             if accelerator.is_main_process:  # from this split's predictions, before they are dropped
                 split_reports[split] = split_report(task, predictions, raw[split], metrics[split], report_settings)
             del predictions
-    if hasattr(task, "calibrate") and "validation" in raw:  # the tuned settings go with the weights
+    if state_tuned:  # the tuned settings go with the weights
         manifest.task_state = task.state()
         if accelerator.is_main_process:
             write_manifest(output_dir, manifest)
@@ -260,12 +263,12 @@ def evaluate_before_training(accelerator: Accelerator, model: nn.Module, task: T
                              features: dict[str, Dataset], batch_size: int) -> dict[str, dict[str, Any]]:
     """The validation and test figures of the starting model, for tasks that report them
     (``evaluate_before_training``, e.g. masked-LM pretraining: how much did it adapt?)."""
-    if not getattr(task, "evaluate_before_training", False):
+    if not task.evaluate_before_training:
         return {}
     before = {}
     for split in ("validation", "test"):
         if split in raw:
-            metrics, _ = evaluate_raw(accelerator, model, task, raw[split], features[split], batch_size)
+            metrics, _, _ = evaluate_raw(accelerator, model, task, raw[split], features[split], batch_size)
             before[split] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return before
 
@@ -273,8 +276,7 @@ def evaluate_before_training(accelerator: Accelerator, model: nn.Module, task: T
 def describe_training_data(config: TrainConfig, task: Task, raw: Any, sources: dict[str, str]) -> list[dict[str, Any]]:
     """The model card's account of the data: sources, sizes, hashes and label distributions
     (``label_counts``, where the task has it)."""
-    counter = getattr(task, "label_counts", None)
-    counts = {split: counter(ds) for split, ds in raw.items()} if counter is not None else {}
+    counts = {split: split_counts for split, ds in raw.items() if (split_counts := task.label_counts(ds)) is not None}
     return describe_data(config.to_dict(), sources, {split: len(ds) for split, ds in raw.items()}, counts)
 
 
@@ -346,7 +348,7 @@ class Predictor:
 
     @property
     def labels(self) -> list[str] | None:
-        return getattr(self.task, "labels", None)
+        return self.task.labels
 
     def predict(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Predict for Python inputs: strings, (text, text_pair) pairs, token lists or dicts of
@@ -374,7 +376,8 @@ class Predictor:
         """The metrics of a labelled dataset and the predictions they were computed from."""
         self.task.validate(raw, "test", source)
         features = prepare_features(self.task, raw, "test")
-        return evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
+        metrics, predictions, _ = evaluate_raw(self.accelerator, self.model, self.task, raw, features, self.batch_size)
+        return metrics, predictions
 
 
 def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False, trust_remote_code: bool = False) -> Path:

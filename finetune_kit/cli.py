@@ -5,7 +5,6 @@ Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -304,15 +303,9 @@ def predict(
 
 
 def _write_predictions(task: Any, predictions: list[dict[str, Any]], output: Path) -> list[Path]:
-    """Write the predictions with the task's own writer (``write_predictions``), else as JSON
-    Lines; returns the files written."""
-    from .files import atomic_write_text
-
-    writer = getattr(task, "write_predictions", None)
-    if writer is not None:
-        return [Path(p) for p in _run(writer, predictions, output)]
-    _run(atomic_write_text, output, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    return [output]
+    """Write the predictions with the task's writer (``write_predictions``: JSON Lines unless the
+    task says otherwise); returns the files written."""
+    return [Path(p) for p in _run(task.write_predictions, predictions, output)]
 
 
 def _print_predictions(task: Any, predictions: list[dict[str, Any]]) -> list[str]:
@@ -402,7 +395,7 @@ def list_tasks() -> None:
     table = Table("task", "provided by", "description")
     for name in available_tasks():
         try:
-            description = getattr(get_task_class(name), "description", "")
+            description = get_task_class(name).description
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
             description = f"(cannot be loaded: {exc})"
         table.add_row(*map(Text, (name, task_origin(name), str(description))))  # as written: no rich markup

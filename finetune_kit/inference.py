@@ -14,26 +14,21 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from .batching import sorted_eval_batches
-from .task import OutputBatch, Task
+from .task import ROW_INDEX, OutputBatch, Task
 
 FEATURE_INDEX = "_feature_index"
-EXAMPLE_INDEX = "_index"
 
 
 
 def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
-    """Run the task's preprocessing over a raw split (the raw row index passed as ``_index``)."""
+    """Run the task's preprocessing over a raw split (the raw row index passed as ``ROW_INDEX``)."""
 
     def run(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        return task.preprocess({**batch, EXAMPLE_INDEX: indices}, split)
+        return task.preprocess({**batch, ROW_INDEX: indices}, split)
 
     features = raw.map(run, batched=True, with_indices=True, remove_columns=raw.column_names,
                        desc=f"Preprocessing {split}" if len(raw) > 5000 else None)
     return features.add_column(FEATURE_INDEX, list(range(len(features))))
-
-
-def feature_lengths(features: Dataset) -> list[int]:
-    return [len(ids) for ids in features["input_ids"]]
 
 
 def make_collate(task: Task) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -75,7 +70,7 @@ def stream_outputs(
     """
     loader = DataLoader(
         features,
-        batch_sampler=sorted_eval_batches(feature_lengths(features), batch_size),
+        batch_sampler=sorted_eval_batches(task.feature_lengths(features), batch_size),
         collate_fn=make_collate(task),
     )
     loader = accelerator.prepare_data_loader(loader)
@@ -143,14 +138,14 @@ def predict_raw(
 def evaluate_raw(
     accelerator: Accelerator, model: Any, task: Task, raw: Dataset, features: Dataset, batch_size: int,
     calibrate: bool = False,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics and predictions of a split; with ``calibrate``, the task first tunes its decision
-    settings (``calibrate``, e.g. a threshold) on these predictions, then scores them."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """Metrics and predictions of a split, and whether the task tuned its decision settings:
+    with ``calibrate``, the task first tunes them (``calibrate``, e.g. a threshold) on these
+    predictions, then scores them. A ``calibrate`` that returns nothing counts as tuned."""
     losses: list[float] = []
     predictions = predict_raw(accelerator, model, task, raw, batch_size, features, losses)
-    if calibrate and hasattr(task, "calibrate"):
-        task.calibrate(predictions, raw)
+    tuned = calibrate and task.calibrate(predictions, raw) is not False
     metrics = task.compute_metrics(predictions, raw)
     if losses:
         metrics["loss"] = float(sum(losses) / len(losses))
-    return metrics, predictions
+    return metrics, predictions, tuned

@@ -19,14 +19,10 @@ import yaml
 
 from .files import atomic_write_text
 from .modeling import WEIGHTS
+from .registry import get_task_class
 from .report import Markdown, interval_text, markdown_code, markdown_table, markdown_text
 
 MODEL_CARD = "README.md"
-
-# The Hugging Face pipeline each built-in task corresponds to (a plugin's task gets none).
-PIPELINE_TAGS = {"text-classification": "text-classification", "pair-classification": "text-classification",
-                 "token-classification": "token-classification", "span-ner": "token-classification",
-                 "question-answering": "question-answering"}
 
 HYPER_PARAMETERS = ("epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
                     "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "seed",
@@ -69,12 +65,13 @@ def headline_results(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {split: part.get("headline", []) for split, part in report.get("splits", {}).items()}
 
 
-def yaml_header(task: str, base_model: str, data: list[dict[str, Any]], results: dict[str, list[dict[str, Any]]],
-                model_name: str) -> dict[str, Any]:
+def yaml_header(task: str, pipeline_tag: str | None, base_model: str, data: list[dict[str, Any]],
+                results: dict[str, list[dict[str, Any]]], model_name: str) -> dict[str, Any]:
+    """The card's front matter; ``pipeline_tag`` is the task's Hugging Face pipeline (``Task.pipeline_tag``)."""
     header: dict[str, Any] = {"library_name": "finetune-kit", "base_model": base_model,
                               "tags": ["finetune-kit", task]}
-    if task in PIPELINE_TAGS:
-        header["pipeline_tag"] = PIPELINE_TAGS[task]
+    if pipeline_tag is not None:
+        header["pipeline_tag"] = pipeline_tag
     header["datasets"] = list(dict.fromkeys(entry.get("file") or entry["source"] for entry in data))
     keys = list(dict.fromkeys(row["key"] for rows in results.values() for row in rows))
     if keys:
@@ -84,7 +81,7 @@ def yaml_header(task: str, base_model: str, data: list[dict[str, Any]], results:
         if not rows:
             continue
         source = next((e.get("file") or e["source"] for e in data if e["split"] == split), split)
-        entries.append({"task": {"type": PIPELINE_TAGS.get(task, task), "name": task},
+        entries.append({"task": {"type": pipeline_tag or task, "name": task},
                         "dataset": {"name": str(source), "type": str(source), "split": split},
                         "metrics": [{"type": row["key"], "name": row["metric"], "value": round(float(row["value"]), 4)}
                                     for row in rows if isinstance(row["value"], (int, float))]})
@@ -163,7 +160,8 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
     config = manifest.config
     task = manifest.task
     results = headline_results(report)
-    header = yaml_header(task, manifest.base_model, data, results, Path(model_dir).name or "model")
+    header = yaml_header(task, get_task_class(task).pipeline_tag, manifest.base_model, data, results,
+                         Path(model_dir).name or "model")
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {markdown_text(Path(model_dir).name or 'model')}: {task}", "",
              f"A `{task}` model fine-tuned with finetune-kit from {markdown_code(manifest.base_model)}."]

@@ -247,8 +247,7 @@ def split_report(task: Task, predictions: list[dict[str, Any]] | None, raw: Any,
     """The report of one split: its metrics, headline figures with bootstrap intervals, and the
     task's sections (or, for a task without ``report_sections``, a table of its metrics)."""
     settings = settings or ReportSettings()
-    make = getattr(task, "report_sections", None)
-    content = make(predictions, raw, metrics) if make is not None and predictions is not None else {}
+    content = task.report_sections(predictions, raw, metrics) if predictions is not None else {}
     unit = content.get("resampling_unit", "example")
     intervals = bootstrap(content.get("bootstrap", []), settings.bootstrap_resamples, settings.seed)
     headline = []

@@ -27,28 +27,23 @@ from .registry import get_task_class
 from .task import Task, TaskSettings
 
 
-def task_settings(config: dict[str, Any], task_class: type) -> TaskSettings:
+def task_settings(config: dict[str, Any], task_class: type[Task]) -> TaskSettings:
     """The task's view of a run's settings; a column left unset takes the task's default
     (``default_columns``, e.g. ``tokens``/``tags`` for tagging), else TaskSettings' own."""
     defaults = {**{f: getattr(TaskSettings, f) for f in ("text_column", "text_pair_column", "label_column")},
-                **getattr(task_class, "default_columns", {})}
+                **task_class.default_columns}
     return TaskSettings(
         **{column: config.get(column) or default for column, default in defaults.items()},
-        max_length=config.get("max_length") or getattr(task_class, "default_max_length", TaskSettings.max_length),
+        max_length=config.get("max_length") or task_class.default_max_length,
         options=dict(config.get("task_options") or {}),
         seed=int(config.get("seed", TaskSettings.seed)),
     )
 
 
-def uses_pooler(task: Task) -> bool:
-    """Tasks read token vectors; one that wants the encoder's pooler says so (``uses_pooler``)."""
-    return bool(getattr(task, "uses_pooler", False))
-
-
 def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: bool) -> nn.Module:
     """The trained model of a directory: full weights, or the base encoder's pretrained weights
     with the saved LoRA adapter and heads."""
-    keep_pooler = uses_pooler(task)
+    keep_pooler = task.uses_pooler
     if not manifest.config.get("lora"):
         model = task.build_model(encoder_from_config(model_dir, trust, keep_pooler=keep_pooler))
         load_weights(model, model_dir)

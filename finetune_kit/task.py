@@ -1,19 +1,24 @@
 """The Task contract: everything task-specific lives behind it; the loop knows nothing else.
 
-A task plugin is a class registered under the ``finetune_kit.tasks`` entry-point group. The
-training loop, the saver and the predictor only ever call the methods below, so a third-party
-plugin has exactly the same powers as a built-in one.
+A task plugin is a class deriving from ``TaskBase``, registered under the ``finetune_kit.tasks``
+entry-point group. The training loop, the saver and the predictor only ever use its members, so
+a third-party plugin has exactly the same powers as a built-in one.
 """
 
 from __future__ import annotations
 
+import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from datasets import Dataset, DatasetDict
 from torch import nn
+
+from .files import atomic_write_text
 
 
 class DataError(ValueError):
@@ -22,6 +27,15 @@ class DataError(ValueError):
 
 class TaskError(ValueError):
     """A task that cannot be set up with the settings given (wrong option, missing column...)."""
+
+
+def label_name(value: Any) -> str:
+    """The canonical string form of a label read from CSV (text) or JSON (int, str, bool)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def checked_options(task_name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -69,94 +83,151 @@ class TaskSettings:
     seed: int = 42
 
 
+# The key that holds, in each batch ``preprocess`` gets, the index of every raw row in its split;
+# a task copies it into the ``example_index`` of each feature it makes from that row.
+ROW_INDEX = "_index"
+
 # One batch of model outputs for postprocessing: the indices of the features in the
 # preprocessed dataset, and the model's non-loss outputs for them as numpy arrays.
 OutputBatch = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
-@runtime_checkable
-class Task(Protocol):
-    """What a task plugin provides. See ``finetune_kit_tasks.text_classification`` for an example."""
+class TaskBase(ABC):
+    """What a task plugin provides; derive from it. See ``finetune_kit_tasks.text_classification``.
 
-    name: ClassVar[str]  # registry key, e.g. "text-classification"
-    description: ClassVar[str]  # one line, shown by ``finetune-kit tasks``
-    required_columns: ClassVar[tuple[str, ...]]  # TaskSettings fields naming needed columns
-    head_modules: ClassVar[tuple[str, ...]]  # module names kept trainable and saved under LoRA
-    default_metric: ClassVar[str]  # metric that picks the best checkpoint
+    The abstract methods are required; every other member has the default the core assumes, so
+    the core reads each one directly and a task overrides only what it needs.
+    """
+
+    name: ClassVar[str]  # registry key, e.g. "text-classification" (required)
+    default_metric: ClassVar[str]  # metric that picks the best checkpoint (required)
+    description: ClassVar[str] = ""  # one line, shown by ``finetune-kit tasks``
+    # The Hugging Face pipeline the task corresponds to, for the model card (None: none).
+    pipeline_tag: ClassVar[str | None] = None
+    # Module names kept trainable and saved under LoRA (and trained at ``head_learning_rate``).
+    head_modules: ClassVar[tuple[str, ...]] = ()
+    # The metrics (``compute_metrics`` keys, and the ``loss`` the loop adds) that are better lower,
+    # e.g. ``frozenset({"loss", "perplexity"})``; every other metric is better higher, whatever
+    # its name. It gives the direction of ``default_metric`` and of any ``metric_for_best``; the
+    # run's ``greater_is_better`` overrides it. None: {"loss"}, and ``greater_is_better`` below.
+    lower_is_better: ClassVar[frozenset[str] | None] = None
+    # Only read when ``lower_is_better`` is None: the direction of ``default_metric``
+    # (None: better higher).
+    greater_is_better: ClassVar[bool | None] = None
+    # True keeps the encoder's pooler layer (by default it is dropped); a property where an
+    # option decides it.
+    uses_pooler: bool = False
+    # Column settings left unset take these, e.g. ``{"text_column": "tokens", "label_column": "tags"}``.
+    default_columns: ClassVar[dict[str, str]] = {}
+    # How files whose extension says nothing are read, e.g. "conll" (None: refused).
+    default_file_format: ClassVar[str | None] = None
+    # max_length when the run does not set it.
+    default_max_length: ClassVar[int] = TaskSettings.max_length
+    # The learning rate of ``head_modules`` when the run sets no ``head_learning_rate``
+    # (None: the encoder's).
+    default_head_learning_rate: ClassVar[float | None] = None
+    # True scores validation and test with the starting model too; the figures go into the
+    # metrics (``before_training``) and the report.
+    evaluate_before_training: ClassVar[bool] = False
+    # The label names of a trained classifier (None: a task without a label set).
+    labels: list[str] | None = None
 
     settings: TaskSettings
-    # Optional attributes:
-    # - ``lower_is_better``: the metrics (``compute_metrics`` keys, and the ``loss`` the loop adds)
-    #   that are better lower, e.g. ``frozenset({"loss", "perplexity"})``; every other metric is
-    #   better higher, whatever its name. It gives the direction of ``default_metric`` and of any
-    #   ``metric_for_best``; the run's ``greater_is_better`` overrides it (default: {"loss"}).
-    #   A task without it may set ``greater_is_better`` (the direction of ``default_metric``).
-    # - ``uses_pooler``: True keeps the encoder's pooler layer (default: dropped).
-    # - ``default_columns``: column settings left unset take these, e.g.
-    #   ``{"text_column": "tokens", "label_column": "tags"}`` (default: text, text_pair, label).
-    # - ``default_file_format``: how files whose extension says nothing are read, e.g. "conll".
-    # - ``default_max_length``: max_length when the run does not set it (default 128).
-    # - ``default_head_learning_rate``: the learning rate of ``head_modules`` when the run sets
-    #   no ``head_learning_rate`` (default: the encoder's).
-    # - ``calibrate(predictions, raw)``: after training, tune decision settings (a threshold) on
-    #   the validation predictions of the best weights; ``state()`` then saves them.
-    # - ``write_predictions(predictions, path)``: how ``finetune-kit predict`` writes its output
-    #   (default: one JSON line per input); returns the paths written.
-    # - ``report_sections(predictions, raw, metrics)``: the content of a split's evaluation report,
-    #   a dict with ``headline`` ([(label, metric key)...]), ``bootstrap`` (``stats.Resampled``
-    #   per-example statistics of headline metrics, for their confidence intervals),
-    #   ``resampling_unit`` ("example", "sentence"...) and ``sections`` (``report.section`` of
-    #   ``report`` blocks: tables, charts, marked examples). Default: a table of the metrics.
-    # - ``label_counts(raw)``: the label distribution of a split, for the model card.
-    # - ``set_epoch(epoch)``: called as each training epoch starts, for tasks whose ``collate``
-    #   draws per-epoch randomness (masked-LM masks) and must draw it reproducibly.
-    # - ``evaluate_before_training``: True scores validation and test with the starting model
-    #   too; the figures go into the metrics (``before_training``) and the report.
 
-    def __init__(self, settings: TaskSettings) -> None: ...
+    def __init__(self, settings: TaskSettings) -> None:
+        self.settings = settings
 
+    @abstractmethod
     def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
         """Build label maps from the training split and validate every split.
 
         ``sources`` maps a split name to the file (or hub name) it came from, for errors.
         """
 
+    @abstractmethod
     def validate(self, raw: Dataset, split: str, source: str) -> None:
         """Check one split against the task (columns, known labels); raise ``DataError``."""
 
+    @abstractmethod
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (label maps...) saved with the model."""
 
+    @abstractmethod
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
         """Restore what ``state`` returned, instead of ``setup``, when loading a saved model."""
 
+    @abstractmethod
     def build_model(self, encoder: nn.Module) -> nn.Module:
         """Wrap the encoder with the task head; ``forward(**batch)`` returns an output with
         ``.loss`` (when labels are in the batch) and the tensors ``postprocess`` reads."""
 
+    @abstractmethod
     def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
         """Batched ``datasets.map`` function from raw columns to features.
 
-        Every feature carries ``example_index`` (its row in the raw split) and ``input_ids``;
-        ``split`` is "train", "validation", "test" or "predict" (no labels needed there).
+        Every feature carries ``example_index`` (its row in the raw split, from
+        ``batch[ROW_INDEX]``) and ``input_ids``; ``split`` is "train", "validation", "test" or "predict" (no labels needed there).
         """
 
+    @abstractmethod
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad a list of features into a batch of tensors (dynamic padding)."""
 
+    @abstractmethod
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Turn Python-API inputs (strings, pairs, dicts) into raw rows with the task's columns."""
 
+    @abstractmethod
     def postprocess(
         self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]
     ) -> list[dict[str, Any]]:
         """Turn streamed model outputs into one prediction per raw example, in raw order."""
 
+    @abstractmethod
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         """Metrics of the predictions against the gold labels in ``raw``."""
 
+    @abstractmethod
     def write_report(self, metrics: dict[str, Any], title: str) -> str:
         """Markdown report of one split's metrics."""
+
+    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> bool:
+        """After training, tune decision settings (a threshold) on the validation predictions of
+        the best weights, for ``state()`` to save; returns whether it tuned anything."""
+        return False
+
+    def feature_lengths(self, features: Dataset) -> list[int]:
+        """The length of every feature, for batching features of like length together: their
+        ``input_ids`` lengths. Column-wise, as it runs over a whole split."""
+        return [len(ids) for ids in features["input_ids"]]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called as each training epoch starts, for tasks whose ``collate`` draws per-epoch
+        randomness (masked-LM masks) and must draw it reproducibly."""
+
+    def label_counts(self, raw: Dataset) -> dict[str, int] | None:
+        """The label distribution of a split, for the model card (None: not shown)."""
+        return None
+
+    def report_sections(
+        self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The content of a split's evaluation report: a dict with ``headline`` ([(label, metric
+        key)...]), ``bootstrap`` (``stats.Resampled`` per-example statistics of headline metrics,
+        for their confidence intervals), ``resampling_unit`` ("example", "sentence"...) and
+        ``sections`` (``report.section`` of ``report`` blocks). Empty: a table of the metrics."""
+        return {}
+
+    def write_predictions(self, predictions: list[dict[str, Any]], path: Path) -> list[Path]:
+        """How ``finetune-kit predict`` writes its output: one JSON line per input, written
+        atomically; returns the paths written."""
+        atomic_write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+        return [path]
+
+
+# The contract's name in type hints; a class that does not derive from TaskBase is adapted by
+# ``registry.get_task_class``.
+Task = TaskBase
 
 
 # What a task that declares nothing has better lower: the loss the loop adds to the metrics.
@@ -166,13 +237,13 @@ LOWER_IS_BETTER = frozenset({"loss"})
 def lower_is_better(task: Task) -> frozenset[str]:
     """The metrics of ``task`` that are better lower: its ``lower_is_better`` declaration; a task
     without one has the loss, and its ``default_metric`` as its ``greater_is_better`` says."""
-    declared = getattr(task, "lower_is_better", None)
+    declared = task.lower_is_better
     if isinstance(declared, str):
         raise TaskError(f"{task.name}: lower_is_better is the string {declared!r}; declare a set of metric "
                         f"names, e.g. frozenset({{{declared!r}}})")
     if declared is not None:
         return frozenset(declared)
-    default_direction = getattr(task, "greater_is_better", None)
+    default_direction = task.greater_is_better
     if default_direction is None:
         return LOWER_IS_BETTER
     if default_direction:

@@ -35,7 +35,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .files import atomic_write_text
-from .inference import feature_lengths, make_collate, split_model_inputs
+from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
 
 def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
@@ -43,7 +43,7 @@ def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
     task's ``default_head_learning_rate``, else None (the encoder's)."""
     if config.head_learning_rate is not None:
         return config.head_learning_rate
-    return getattr(task, "default_head_learning_rate", None)
+    return task.default_head_learning_rate
 
 
 def give_deepspeed_the_batch_size(accelerator: Accelerator, batch_size: int) -> None:
@@ -174,7 +174,7 @@ class Trainer:
                                resumed_at_step=self.resumed["step"] if self.resumed is not None else None)
 
         self.sampler = LengthGroupedBatchSampler(
-            feature_lengths(train_features), config.batch_size, seed=config.seed,
+            task.feature_lengths(train_features), config.batch_size, seed=config.seed,
             group_by_length=config.group_by_length,
         )
         # Its own generator: starting an epoch's iterator (or a resumed one that skips batches)
@@ -205,7 +205,7 @@ class Trainer:
         """AdamW groups: weight decay except on biases and norms; the task's head modules
         (``head_modules``) at ``head_learning_rate`` when one is set."""
         head_lr = head_learning_rate(self.config, self.task)
-        heads = tuple(getattr(self.task, "head_modules", ()))
+        heads = tuple(self.task.head_modules)
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in model.named_parameters():
             if not param.requires_grad:
@@ -264,9 +264,7 @@ class Trainer:
         trained on already); the order is a function of the seed and the epoch alone."""
         self.loader.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
-        start_epoch = getattr(self.task, "set_epoch", None)  # tasks that draw per-epoch inputs (masks)
-        if start_epoch is not None:
-            start_epoch(epoch)
+        self.task.set_epoch(epoch)  # for tasks that draw per-epoch inputs (masks)
         if batches_done == 0:
             return self.loader
         return self.accelerator.skip_first_batches(self.loader, batches_done)

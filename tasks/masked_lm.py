@@ -58,8 +58,10 @@ from finetune_kit.modeling import resolve_model_path
 from finetune_kit.report import markdown_table, section, table
 from finetune_kit.stats import Resampled, ratio_of
 from finetune_kit.task import (
+    ROW_INDEX,
     DataError,
     OutputBatch,
+    TaskBase,
     TaskError,
     TaskSettings,
     checked_options,
@@ -233,11 +235,10 @@ def pretrained_head_weights(name_or_path: str) -> dict[str, torch.Tensor]:
     return {}
 
 
-class MaskedLMTask:
+class MaskedLMTask(TaskBase):
     name: ClassVar[str] = "masked-lm"
     description: ClassVar[str] = ("Continued masked-LM pretraining on in-domain text (token, whole-word or "
                                   "SpanBERT span masking, optional span boundary objective)")
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column",)
     default_metric: ClassVar[str] = "perplexity"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mlm_loss", "perplexity", "sbo_loss"})
     default_file_format: ClassVar[str] = "text"
@@ -392,7 +393,7 @@ class MaskedLMTask:
 
     def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
         tokenized = self._tokenize(batch[self.settings.text_column])
-        texts = [(row, ids, words) for row, (ids, words) in zip(batch["_index"], tokenized) if ids]
+        texts = [(row, ids, words) for row, (ids, words) in zip(batch[ROW_INDEX], tokenized) if ids]
         across = self.options["packing"] == "documents" and split != "predict"
         packed = pack(texts, self.settings.max_length, self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
                       across_texts=across)

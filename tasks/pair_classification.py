@@ -17,7 +17,6 @@ from finetune_kit_tasks.text_classification import TextClassificationTask
 class PairClassificationTask(TextClassificationTask):
     name: ClassVar[str] = "pair-classification"
     description: ClassVar[str] = "Sentence-pair classification (first [SEP] second), e.g. NLI entailment, paraphrase"
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "text_pair_column", "label_column")
 
     def text_columns(self) -> list[str]:
         return [self.settings.text_column, self.settings.text_pair_column]

@@ -51,8 +51,10 @@ from finetune_kit.files import atomic_write_text
 from finetune_kit.report import MAX_EXAMPLES, bar_chart, curve, marked, markdown_table, section, table
 from finetune_kit.stats import mean_of
 from finetune_kit.task import (
+    ROW_INDEX,
     DataError,
     OutputBatch,
+    TaskBase,
     TaskError,
     TaskSettings,
     checked_options,
@@ -100,11 +102,11 @@ def answer_matches(context: str, text: str, start: int) -> bool:
     return bool(text.strip()) and 0 <= start and context[start : start + len(text)] == text
 
 
-class QuestionAnsweringTask:
+class QuestionAnsweringTask(TaskBase):
     name: ClassVar[str] = "question-answering"
     description: ClassVar[str] = ("Extractive QA (SQuAD v1.1/v2.0): answer spans over windowed contexts, "
                                   "n-best search, tuned no-answer threshold")
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "text_pair_column", "label_column")
+    pipeline_tag: ClassVar[str | None] = "question-answering"
     default_columns: ClassVar[dict[str, str]] = {"text_column": "question", "text_pair_column": "context",
                                                  "label_column": "answers"}
     default_file_format: ClassVar[str] = "json"
@@ -274,7 +276,7 @@ class QuestionAnsweringTask:
             for key in MODEL_INPUTS:
                 if key in encoded:
                     out[key].append(encoded[key][f])
-            out["example_index"].append(batch["_index"][k])
+            out["example_index"].append(batch[ROW_INDEX][k])
             out["offsets"].append([list(o) for o in offsets])
             out["cls_index"].append(cls_index)
             if labelled:
@@ -413,11 +415,13 @@ class QuestionAnsweringTask:
         null_f1 = [answer_scores("", g, rules)[1] for g in golds]
         return tune_null_threshold([p["null_score_diff"] for p in predictions], span_f1, null_f1)
 
-    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> None:
+    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> bool:
         """Tune the no-answer threshold on the validation predictions (SQuAD v2.0 only)."""
-        if self.with_negatives and self.options["no_answer_threshold"] is None:
-            golds = self._golds(raw)
-            self.threshold, _ = self._best_threshold(predictions, golds, self._rules(raw, golds))
+        if not self.with_negatives or self.options["no_answer_threshold"] is not None:
+            return False
+        golds = self._golds(raw)
+        self.threshold, _ = self._best_threshold(predictions, golds, self._rules(raw, golds))
+        return True
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         golds = self._golds(raw)

@@ -52,14 +52,17 @@ from finetune_kit.alignment import (
 )
 from finetune_kit.batching import padded
 from finetune_kit.data import iter_rows, place_of, require_columns, token_place, where, where_token
+from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import span_metrics
 from finetune_kit.report import entity_error_section, markdown_table, per_label_blocks, per_label_table, section
 from finetune_kit.stats import micro_prf
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
 from finetune_kit.tagging import MixedSchemesError, describe_tag, detect_scheme, first_foreign_tag, scheme_words
 from finetune_kit.task import (
+    ROW_INDEX,
     DataError,
     OutputBatch,
+    TaskBase,
     TaskError,
     TaskSettings,
     checked_options,
@@ -67,7 +70,6 @@ from finetune_kit.task import (
     require_flag,
     require_whole_number,
 )
-from finetune_kit_tasks.text_classification import head_dropout
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 NULL = "NULL"
@@ -171,11 +173,11 @@ class SpanClassifier(nn.Module):
         return (losses * weight[valid]).sum() / weight[valid].sum().clamp(min=1e-6)
 
 
-class SpanNerTask:
+class SpanNerTask(TaskBase):
     name: ClassVar[str] = "span-ner"
     description: ClassVar[str] = ("Span-based NER: every span up to a max width classified (types + NULL), "
                                   "nested entities, tuned threshold")
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
+    pipeline_tag: ClassVar[str | None] = "token-classification"
     default_columns: ClassVar[dict[str, str]] = {"text_column": "tokens", "label_column": "spans"}
     default_file_format: ClassVar[str] = "conll"
     head_modules: ClassVar[tuple[str, ...]] = ("start_ffnn", "end_ffnn", "span_attention", "width_embedding",
@@ -394,7 +396,7 @@ class SpanNerTask:
                 out["attention_mask"].append([1] * len(ids))
                 if self._uses_token_types:
                     out["token_type_ids"].append([0] * len(ids))
-                out["example_index"].append(batch["_index"][k])
+                out["example_index"].append(batch[ROW_INDEX][k])
                 out["word_positions"].append(positions)
                 out["subword_words"].append(subword_words)
                 out["first_word"].append(first)
@@ -460,12 +462,14 @@ class SpanNerTask:
         return [{"start": s, "end": e, "label": label, "score": p, "text": " ".join(tokens[s:e])}
                 for s, e, label, p in chosen]
 
-    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> None:
+    def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> bool:
         """Tune the threshold (one, or one per type) for the best validation F1."""
-        if self.options["threshold"] is None:
-            self.threshold, _ = calibrate_threshold([p["candidates"] for p in predictions],
-                                                    self._split_gold(raw, "validation"), self.options["decoding"],
-                                                    self.options["per_type_threshold"])
+        if self.options["threshold"] is not None:
+            return False
+        self.threshold, _ = calibrate_threshold([p["candidates"] for p in predictions],
+                                                self._split_gold(raw, "validation"), self.options["decoding"],
+                                                self.options["per_type_threshold"])
+        return True
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         """Span metrics of the entities decoded at the current threshold (predictions keep their

@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.data import LINE_COLUMN, require_columns, where
+from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import classification_metrics
 from finetune_kit.report import (
     MAX_EXAMPLES,
@@ -35,29 +36,10 @@ from finetune_kit.report import (
     table,
 )
 from finetune_kit.stats import macro_and_weighted_f1, mean_of
-from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings, label_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
-
-
-def label_name(value: Any) -> str:
-    """The canonical string form of a label read from CSV (text) or JSON (int, str, bool)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def head_dropout(config: Any, default: float = 0.1) -> float:
-    """The dropout of a task head: the encoder's own (``hidden_dropout_prob`` in BERT-style
-    configs, ``dropout`` in DistilBERT's), else ``default``. An encoder set to 0 keeps 0."""
-    for name in ("hidden_dropout_prob", "dropout"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return float(value)
-    return default
 
 
 def sort_labels(names: Iterable[str]) -> list[str]:
@@ -95,10 +77,10 @@ class SequenceClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class TextClassificationTask:
+class TextClassificationTask(TaskBase):
     name: ClassVar[str] = "text-classification"
     description: ClassVar[str] = "Single-text classification ([CLS] vector -> linear head), e.g. sentiment, topic, intent"
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
+    pipeline_tag: ClassVar[str | None] = "text-classification"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     default_metric: ClassVar[str] = "accuracy"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
@@ -212,7 +194,7 @@ class TextClassificationTask:
     def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:
         encoded = self.tokenize(batch)
         out = {k: encoded[k] for k in MODEL_INPUTS if k in encoded}
-        out["example_index"] = batch["_index"]
+        out["example_index"] = batch[ROW_INDEX]
         if split != "predict":
             out["labels"] = [self.label_to_id[label_name(v)] for v in batch[self.settings.label_column]]
         return out

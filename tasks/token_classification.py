@@ -48,6 +48,7 @@ from finetune_kit.alignment import (
 from finetune_kit.batching import padded
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
+from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import entity_metrics
 from finetune_kit.report import (
     confusion_blocks,
@@ -76,16 +77,18 @@ from finetune_kit.tagging import (
     transition_constraints,
 )
 from finetune_kit.task import (
+    ROW_INDEX,
     DataError,
     OutputBatch,
+    TaskBase,
     TaskError,
     TaskSettings,
     checked_options,
+    label_name,
     require_choice,
     require_flag,
     require_whole_number,
 )
-from finetune_kit_tasks.text_classification import head_dropout, label_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTIONS = {"crf": False, "subword_labels": "first", "scheme": "auto", "strict_tags": False, "stride": None}
@@ -148,11 +151,11 @@ class TokenTagger(nn.Module):
         return loss
 
 
-class TokenClassificationTask:
+class TokenClassificationTask(TaskBase):
     name: ClassVar[str] = "token-classification"
     description: ClassVar[str] = ("Word tagging with subword alignment: NER (BIO/BIOES), chunking, POS; "
                                   "long sentences windowed; optional CRF")
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
+    pipeline_tag: ClassVar[str | None] = "token-classification"
     default_columns: ClassVar[dict[str, str]] = {"text_column": "tokens", "label_column": "tags"}
     default_file_format: ClassVar[str] = "conll"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier", "crf")
@@ -361,7 +364,7 @@ class TokenClassificationTask:
                 out["attention_mask"].append([1] * len(ids))
                 if self._uses_token_types:
                     out["token_type_ids"].append([0] * len(ids))
-                out["example_index"].append(batch["_index"][k])
+                out["example_index"].append(batch[ROW_INDEX][k])
                 out["word_positions"].append(positions)
                 out["first_word"].append(window[0])
                 out["predict_words"].append([i for i in range(*window) if owners[i] == w])

@@ -18,7 +18,7 @@ import finetune_kit as fk
 from finetune_kit.checkpoints import ResumeError, check_settings, run_settings
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError, TrainConfig
-from finetune_kit.registry import available_tasks, get_task_class
+from finetune_kit.registry import as_task_class, available_tasks, get_task_class
 from finetune_kit.task import TaskError, greater_is_better
 from tests.conftest import NEGATIVE, POSITIVE, REPO
 
@@ -37,6 +37,11 @@ class OlderPlugin:
 class UndeclaredPlugin:
     name: ClassVar[str] = "undeclared-plugin"
     default_metric: ClassVar[str] = "hamming_loss"
+
+
+# As the registry hands them to the core: with TaskBase's defaults for what they do not declare.
+OlderPlugin = as_task_class(OlderPlugin)
+UndeclaredPlugin = as_task_class(UndeclaredPlugin)
 
 
 @pytest.mark.parametrize(("metric", "higher_is_better"), [
@@ -65,7 +70,8 @@ def test_a_plugin_with_only_greater_is_better_keeps_its_default_metric_direction
     assert greater_is_better(OlderPlugin, "mse") is False
     assert greater_is_better(OlderPlugin, "loss") is False
     assert greater_is_better(OlderPlugin, "pearson") is True
-    assert greater_is_better(SimpleNamespace(default_metric="f1", greater_is_better=True), "f1") is True
+    higher_f1 = as_task_class(type("HigherF1", (), {"default_metric": "f1", "greater_is_better": True}))
+    assert greater_is_better(higher_f1, "f1") is True
 
 
 def test_the_example_plugin_declares_its_errors_lower_is_better(monkeypatch):

@@ -33,5 +33,6 @@ def test_plugin_that_breaks_the_contract_is_named(monkeypatch):
     broken = EntryPoint(name="broken", value="collections:OrderedDict", group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "_entry_points", lambda: {"broken": broken})
     with pytest.raises(TaskError, match=r"task 'broken' \(collections:OrderedDict\) does not implement the Task "
-                                        r"contract: missing name, preprocess"):
+                                        r"contract: missing name, default_metric, setup, validate, state, "
+                                        r"load_state, build_model, preprocess"):
         registry.get_task_class("broken")

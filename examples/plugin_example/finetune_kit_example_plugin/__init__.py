@@ -32,8 +32,9 @@ from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.data import require_columns, where
+from finetune_kit.heads import head_dropout
 from finetune_kit.report import markdown_table
-from finetune_kit.task import DataError, OutputBatch, TaskError, TaskSettings
+from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings
 
 __all__ = ["TextRegressionTask", "Regressor"]
 
@@ -58,7 +59,7 @@ class Regressor(nn.Module):
         super().__init__()
         config = encoder.config
         self.encoder = encoder
-        self.dropout = nn.Dropout(getattr(config, "hidden_dropout_prob", None) or 0.1)
+        self.dropout = nn.Dropout(head_dropout(config))
         self.regressor = nn.Linear(config.hidden_size, 1)
         nn.init.normal_(self.regressor.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(self.regressor.bias)
@@ -70,12 +71,11 @@ class Regressor(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=scores)
 
 
-class TextRegressionTask:
+class TextRegressionTask(TaskBase):
     """Predict a number from a text. See the module docstring for data, model and outputs."""
 
     name: ClassVar[str] = "text-regression"
     description: ClassVar[str] = "Single-text regression ([CLS] vector -> linear, MSE), e.g. a rating or a score"
-    required_columns: ClassVar[tuple[str, ...]] = ("text_column", "label_column")
     head_modules: ClassVar[tuple[str, ...]] = ("regressor",)
     default_metric: ClassVar[str] = "mse"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mse", "mae"})
@@ -132,7 +132,7 @@ class TextRegressionTask:
         encoded = self.tokenizer(batch[self.settings.text_column], truncation=True,
                                  max_length=self.settings.max_length)
         out = {k: encoded[k] for k in MODEL_INPUTS if k in encoded}
-        out["example_index"] = batch["_index"]
+        out["example_index"] = batch[ROW_INDEX]
         if split != "predict":
             out["labels"] = [(to_number(v) - self.mean) / self.std for v in batch[self.settings.label_column]]
         return out
