@@ -87,7 +87,8 @@ PADDING_OFFSET_MODEL_TYPES = frozenset({
 })
 
 
-def _one_line(text: str) -> str:
+def one_line(text: object) -> str:
+    """A message (an exception's, say) on one line: its whitespace runs, newlines included, as one space."""
     return " ".join(str(text).split())
 
 
@@ -169,13 +170,13 @@ def check_weight_files(folder: Path) -> None:
 
 
 def _damaged_weights(path: Path, exc: BaseException) -> ModelDirError:
-    return ModelDirError(f"{path}: cannot be read as safetensors weights ({_one_line(exc)}); the file is damaged "
+    return ModelDirError(f"{path}: cannot be read as safetensors weights ({one_line(exc)}); the file is damaged "
                          f"or incomplete (e.g. a download or copy cut short): copy it again")
 
 
 def _load_error(exc: Exception, name: str) -> ModelDirError | None:
     """A transformers loading error as one line, for the errors that are the model's, not ours."""
-    text = _one_line(exc)
+    text = one_line(exc)
     if "trust_remote_code=True" in text:
         return ModelDirError(f"{name}: loading it runs Python code shipped with the model; pass {REMOTE_CODE_FLAG} "
                              f"to run it, only for a model whose source you trust")
@@ -201,7 +202,7 @@ def _loading(name: str, local: bool) -> Iterator[None]:
     except OSError as exc:
         if not local:
             raise
-        raise ModelDirError(f"{name}: cannot be loaded ({_one_line(exc)})") from None
+        raise ModelDirError(f"{name}: cannot be loaded ({one_line(exc)})") from None
 
 
 def _from_pretrained(loader: Any, name: str, what: str, trust_remote_code: bool = False, **kwargs: Any) -> Any:

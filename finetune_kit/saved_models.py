@@ -20,6 +20,7 @@ from .modeling import (
     load_pretrained_encoder,
     load_tokenizer,
     load_weights,
+    one_line,
     read_manifest,
     resolve_model_path,
 )
@@ -52,7 +53,7 @@ def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: boo
     try:
         encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
     except (OSError, HubUnreachableError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc)[:200]
         raise ModelDirError(f"{model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
                             f"loaded ({reason})") from None
     try:
