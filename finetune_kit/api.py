@@ -42,6 +42,7 @@ from .registry import get_task_class
 from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings
 from .model_card import describe_data, write_model_card
 from .report import ReportSettings, split_report, write_evaluation
+from .report_markdown import summary_markdown
 from .task import Task, TaskError
 from .accelerator import new_accelerator
 from .inference import evaluate_raw, predict_raw, prepare_features
@@ -251,8 +252,8 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
                          {"step": state.global_step, "epoch": round(state.epoch, 4),
                           "train_runtime_s": round(state.train_runtime_s, 1), "best_step": state.best_step,
                           "metric_for_best": trainer.metric, "best_metric": state.best_metric})
-        for split, split_metrics in metrics.items():
-            console.print(task.write_report(split_metrics, split), markup=False)  # Markdown, shown as written
+        for split, part in split_reports.items():
+            console.print(summary_markdown(split, part), markup=False)  # Markdown, shown as written
     accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, metrics=metrics, global_step=state.global_step,
                        train_runtime_s=state.train_runtime_s, train_tokens=state.train_tokens,

@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import typer
 
+from .train_options import PASS_UNKNOWN_OPTIONS, given_settings, is_config_file, split_shortcuts, with_setting_options
+
 app = typer.Typer(
     help="Fine-tune pretrained encoders (BERT-style) for NLP tasks.",
     no_args_is_help=True,
@@ -77,131 +79,31 @@ def _check_output(check: Any, path: Path, option: str = "--output") -> None:
         _fail(f"{option} {exc}")
 
 
-def _comma_list(text: str | None) -> list[str] | None:
-    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
-
-
-@app.command()
+@app.command(context_settings=PASS_UNKNOWN_OPTIONS)
+@with_setting_options
 def train(
     args: Optional[list[str]] = typer.Argument(
         None, help="Optional CONFIG.yaml with the settings, then key=value overrides (e.g. epochs=2)."),
-    task: Optional[str] = typer.Option(None, help="Task name; `finetune-kit tasks` lists them."),
-    model: Optional[str] = typer.Option(None, help="Pretrained encoder: local directory or Hub id."),
-    train_file: Optional[str] = typer.Option(None, "--train", help="Training file (.csv, .tsv, .jsonl, .conll)."),
-    validation_file: Optional[str] = typer.Option(None, "--validation", help="Validation file."),
-    test_file: Optional[str] = typer.Option(None, "--test", help="Test file, evaluated at the end."),
-    output_dir: Optional[str] = typer.Option(None, "--output", help="Directory for the model, metrics and report."),
-    dataset: Optional[str] = typer.Option(None, help="Hub dataset name instead of files (needs a network)."),
-    dataset_config: Optional[str] = typer.Option(None, help="Hub dataset configuration."),
-    file_format: Optional[str] = typer.Option(None, help="auto (by extension), csv, tsv, jsonl or conll."),
-    text_column: Optional[str] = typer.Option(
-        None, help="Text column (default: the task's: text; tokens for tagging)."),
-    text_pair_column: Optional[str] = typer.Option(None, help="Second text column of pair tasks (default: text_pair)."),
-    label_column: Optional[str] = typer.Option(
-        None, help="Label column (default: the task's: label; tags for tagging)."),
-    max_train_samples: Optional[int] = typer.Option(None, help="Use only the first N training rows."),
-    validation_fraction: Optional[float] = typer.Option(
-        None, help="Hold out this share of the training rows (the last ones) as validation."),
-    epochs: Optional[float] = typer.Option(None, help="Training epochs (default: 3)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size per process (default: 32)."),
-    eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (default: 64)."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: 5e-5)."),
-    head_learning_rate: Optional[float] = typer.Option(
-        None, help="Peak learning rate of the task head (default: the task's, else --learning-rate)."),
-    lora: Optional[bool] = typer.Option(None, "--lora", help="Train LoRA adapters in the encoder; the head trains fully."),
-    lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default: 8)."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha; updates scale by alpha/r (default: 16)."),
-    lora_dropout: Optional[float] = typer.Option(None, help="Dropout on the LoRA input (default: 0.1)."),
-    lora_target_modules: Optional[str] = typer.Option(
-        None, help="Comma-separated linear layer names for LoRA, e.g. query,value (default: every linear "
-                   "layer of the transformer blocks)."),
-    freeze_embeddings: Optional[bool] = typer.Option(None, "--freeze-embeddings", help="Keep the embeddings frozen."),
-    train_top_layers: Optional[int] = typer.Option(
-        None, help="Train only the top K encoder layers and the head (default: all; 0: the head alone)."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
-    warmup_ratio: Optional[float] = typer.Option(None, help="Share of steps for linear warm-up (default: 0)."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Batches per optimizer step (default: 1)."),
-    max_grad_norm: Optional[float] = typer.Option(None, help="Gradient clipping norm (default: 1.0)."),
-    max_length: Optional[int] = typer.Option(None, help="Longest input in tokens (default: the task's: 128; 384 for QA)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (default: 42)."),
-    mixed_precision: Optional[str] = typer.Option(None, help="no, fp16 or bf16 (default: no)."),
-    eval_steps: Optional[int] = typer.Option(None, help="Also evaluate every N optimizer steps."),
-    metric_for_best: Optional[str] = typer.Option(None, help="Metric that picks the best checkpoint."),
-    greater_is_better: Optional[bool] = typer.Option(
-        None, "--greater-is-better/--lower-is-better",
-        help="Whether a higher or a lower --metric-for-best is better (default: as the task declares it: lower "
-             "for the loss and e.g. perplexity, higher for any other metric)."),
-    early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after N evaluations without improvement."),
-    save_steps: Optional[int] = typer.Option(
-        None, help="Also write a checkpoint every N optimizer steps (default: after each epoch only)."),
-    save_total_limit: Optional[int] = typer.Option(
-        None, help="Keep the N newest checkpoints in OUTPUT/checkpoints; 0 writes none (default: 1)."),
-    resume: Optional[bool] = typer.Option(
-        None, "--resume", help="Continue the run from the latest complete checkpoint in --output."),
-    resume_from: Optional[str] = typer.Option(
-        None, metavar="DIR", help="Continue the run from this checkpoint folder (OUTPUT/checkpoints/step-N)."),
-    resume_anyway: Optional[bool] = typer.Option(
-        None, "--resume-anyway", help="Resume even if the training or validation data changed since the checkpoint "
-                                      "(a warning instead of an error)."),
-    group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
-                                                   help="Batch examples of similar length (default: on)."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a model already in --output."),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code",
-                                                     help="Run model code from the Hub repository."),
-    task_option: Optional[list[str]] = typer.Option(None, "--task-option", "-o",
-                                                    help="Task-specific option key=value (repeatable)."),
-    crf: bool = typer.Option(False, "--crf", help="token-classification: a CRF layer over the tags (-o crf=true)."),
-    masking: Optional[str] = typer.Option(
-        None, help="masked-lm: token, whole-word or span (SpanBERT) masking (-o masking=...; default: token)."),
-    report_plots: Optional[bool] = typer.Option(None, "--report-plots/--no-report-plots",
-                                                help="PNG plots in the report (default: on)."),
-    bootstrap_resamples: Optional[int] = typer.Option(
-        None, help="Bootstrap resamples for the report's 95% intervals; 0: none (default: 1000)."),
+    **given: Any,
 ) -> None:
-    """Fine-tune an encoder: from options, or from a YAML file plus key=value overrides."""
-    from .api import train as run_train
-    from .config import ConfigError, apply_overrides
+    """Fine-tune an encoder: from options, or from a YAML file plus key=value overrides.
 
-    args = list(args or [])
+    A task's own options are set with -o KEY=VALUE, and some also with a shortcut flag the task
+    declares; `finetune-kit tasks NAME` lists both.
+    """
+    from .api import train as run_train
+
+    shortcut_values, args = _run(split_shortcuts, list(args or []), given["task"])
     config_path = None
-    if args and not ("=" in args[0]) and args[0].endswith((".yaml", ".yml")):
+    if args and is_config_file(args[0]):
         config_path = args.pop(0)
     bad = [a for a in args if "=" not in a]
     if bad:
         _fail(f"unexpected argument '{bad[0]}'; give CONFIG.yaml first, then key=value overrides")
-    task_options: dict[str, Any] = {}
-    if task_option:
-        try:
-            task_options = apply_overrides({}, [f"task_options.{item}" for item in task_option])["task_options"]
-        except ConfigError as exc:
-            _fail(str(exc))
-    if crf:
-        task_options["crf"] = True
-    if masking is not None:
-        task_options["masking"] = masking
-    settings = {k: v for k, v in {
-        "task": task, "model": model, "train_file": train_file, "validation_file": validation_file,
-        "test_file": test_file, "output_dir": output_dir, "dataset": dataset, "dataset_config": dataset_config,
-        "file_format": file_format, "text_column": text_column, "text_pair_column": text_pair_column,
-        "label_column": label_column, "max_train_samples": max_train_samples,
-        "validation_fraction": validation_fraction, "epochs": epochs,
-        "max_steps": max_steps, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-        "learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "weight_decay": weight_decay,
-        "lora": lora, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "lora_target_modules": _comma_list(lora_target_modules), "freeze_embeddings": freeze_embeddings,
-        "train_top_layers": train_top_layers,
-        "warmup_ratio": warmup_ratio,
-        "gradient_accumulation_steps": gradient_accumulation_steps, "max_grad_norm": max_grad_norm,
-        "max_length": max_length, "seed": seed, "mixed_precision": mixed_precision, "eval_steps": eval_steps,
-        "metric_for_best": metric_for_best, "greater_is_better": greater_is_better,
-        "early_stopping_patience": early_stopping_patience,
-        "save_steps": save_steps, "save_total_limit": save_total_limit, "resume": resume, "resume_from": resume_from,
-        "resume_anyway": resume_anyway,
-        "group_by_length": group_by_length, "overwrite": overwrite, "trust_remote_code": trust_remote_code,
-        "task_options": task_options or None, "report_plots": report_plots,
-        "bootstrap_resamples": bootstrap_resamples,
-    }.items() if v is not None}
+    settings = _run(given_settings, given)
+    task_options = {**settings.pop("task_options", {}), **shortcut_values}  # a shortcut beats -o
+    if task_options:
+        settings["task_options"] = task_options
     _quiet_libraries()
     result = _run(run_train, config_path, args, **settings)
     if _main_process():
@@ -251,7 +153,8 @@ def compare(
 ) -> None:
     """Runs side by side: their settings and metrics (with 95% intervals where reported)."""
     from .files import atomic_write_text, check_output_file
-    from .report import CompareError, comparison_table, markdown_table
+    from .compare import CompareError, comparison_table
+    from .markdown import markdown_table
 
     if output is not None:
         _check_output(check_output_file, output)
@@ -384,14 +287,20 @@ def export(
 
 
 @app.command("tasks")
-def list_tasks() -> None:
-    """List the registered tasks, built-in and from third-party plugins."""
+def list_tasks(
+    name: Optional[str] = typer.Argument(None, help="A task: show its defaults and its options (-o)."),
+) -> None:
+    """List the registered tasks, built-in and from third-party plugins; with a NAME, describe that
+    task: its defaults and the options it takes."""
     from rich.table import Table
     from rich.text import Text
 
     from .console import print_table
     from .registry import available_tasks, get_task_class, task_origin
 
+    if name is not None:
+        _describe_task(name)
+        return
     table = Table("task", "provided by", "description")
     for name in available_tasks():
         try:
@@ -400,6 +309,21 @@ def list_tasks() -> None:
             description = f"(cannot be loaded: {exc})"
         table.add_row(*map(Text, (name, task_origin(name), str(description))))  # as written: no rich markup
     print_table(table)
+
+
+def _describe_task(name: str) -> None:
+    from .console import print_table
+    from .registry import get_task_class, task_origin
+    from .task_help import facts_text, options_table
+
+    task_class = _run(get_task_class, name)
+    typer.echo(f"{name} (provided by {task_origin(name)}): {task_class.description}\n")
+    typer.echo(facts_text(task_class))
+    if not task_class.task_options:
+        typer.echo("\nIt takes no options.")
+        return
+    typer.echo("\nOptions (-o name=value):")
+    print_table(options_table(task_class.task_options))
 
 
 @app.command()

@@ -1,5 +1,10 @@
 """Run settings: one frozen dataclass, read from keyword arguments, YAML and ``key=value``
-overrides, validated with messages that name the field, the bad value and what is allowed."""
+overrides, validated with messages that name the field, the bad value and what is allowed.
+
+Each field of ``TrainConfig`` is declared once, with ``setting(...)``: its type and default,
+its help, its option on ``finetune-kit train`` and whether the model card and ``compare``
+show it. The command's options (``train_options.py``), ``CARD_SETTINGS`` and
+``COMPARED_SETTINGS`` are derived from these declarations, so a new setting is one new field."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,140 +22,17 @@ import yaml
 MIXED_PRECISION = ("no", "fp16", "bf16")
 FORMATS = ("csv", "tsv", "jsonl", "json", "conll", "text")
 
+# The default of a setting that the task decides when the run leaves it unset.
+TASK_DEFAULT = "the task's, shown by `finetune-kit tasks NAME`"
+
+# The key of a setting's declaration in its field's metadata.
+DECLARATION = "setting"
+# The default of a setting that has none.
+REQUIRED: Any = object()
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the field."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # Registered task name (``finetune-kit tasks`` lists them).
-    task: str
-    # Pretrained encoder: a local directory or a Hugging Face Hub id.
-    model: str
-    # Directory that receives the trained model, metrics, report and logs.
-    output_dir: str
-    # Training data: a CSV/TSV/JSON Lines file, or the split name of ``dataset``.
-    train_file: str | None = None
-    # Validation data (used for the best checkpoint, early stopping and metrics).
-    validation_file: str | None = None
-    # Test data, evaluated once at the end with the best weights.
-    test_file: str | None = None
-    # Hub dataset name (instead of files); needs a network.
-    dataset: str | None = None
-    # Hub dataset configuration, e.g. "sst2" for "glue".
-    dataset_config: str | None = None
-    # Split names in the hub dataset.
-    train_split: str = "train"
-    validation_split: str | None = "validation"
-    test_split: str | None = None
-    # File format: "auto" (by extension, else the task's usual one), "csv", "tsv", "jsonl",
-    # "json" (one document: SQuAD or an array of objects), "conll" (token-per-line columns) or
-    # "text" (plain text, one text per non-blank line, in column "text").
-    file_format: str = "auto"
-    # Column holding the (first) text; None: the task's default ("text"; "tokens" for tagging).
-    text_column: str | None = None
-    # Column holding the second text of pair tasks; None: "text_pair".
-    text_pair_column: str | None = None
-    # Column holding the label; None: the task's default ("label"; "tags" for tagging).
-    label_column: str | None = None
-    # Keep only the first N training rows (None: all).
-    max_train_samples: int | None = None
-    # Hold out this share of the training rows (the last ones, in file order) as the validation
-    # split, when there is no validation file (None: no).
-    validation_fraction: float | None = None
-    # Longest input in subword tokens, special tokens included; None: the task's default
-    # (128; 384 for question answering).
-    max_length: int | None = None
-    # Passes over the training data.
-    epochs: float = 3.0
-    # Stop after this many optimizer steps (None: run all epochs).
-    max_steps: int | None = None
-    # Examples per training batch on each process.
-    batch_size: int = 32
-    # Examples per evaluation batch on each process.
-    eval_batch_size: int = 64
-    # Peak AdamW learning rate.
-    learning_rate: float = 5e-5
-    # Peak learning rate of the task's head modules (None: the task's default, else learning_rate);
-    # new heads often want more than a pretrained encoder.
-    head_learning_rate: float | None = None
-    # Train LoRA adapters (peft) in the encoder instead of all its weights; the task's head
-    # modules train fully and are saved with the adapter.
-    lora: bool = False
-    # LoRA rank, scaling numerator (updates are scaled by lora_alpha / lora_r) and dropout.
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    # Linear layers that get adapters, by module name (e.g. [query, value]); None: every linear
-    # layer of the encoder's transformer blocks (attention projections and feed-forward).
-    lora_target_modules: list[str] | None = None
-    # Keep the encoder's embedding layer frozen.
-    freeze_embeddings: bool = False
-    # Train only the top K transformer layers of the encoder (and the head); the layers below
-    # and the embeddings stay frozen. None: all layers; 0: the head alone.
-    train_top_layers: int | None = None
-    # AdamW weight decay (not applied to biases and LayerNorm weights).
-    weight_decay: float = 0.0
-    # Share of the optimizer steps used for linear warm-up.
-    warmup_ratio: float = 0.0
-    # Batches whose gradients are summed before each optimizer step.
-    gradient_accumulation_steps: int = 1
-    # Gradient norm clipping (0 or None: off).
-    max_grad_norm: float | None = 1.0
-    # "no", "fp16" or "bf16", passed to Accelerate.
-    mixed_precision: str = "no"
-    # Seed for weights of new heads, dropout and data order.
-    seed: int = 42
-    # Put examples of similar length in the same batch (shuffled groups): less padding.
-    group_by_length: bool = True
-    # Evaluate every N optimizer steps as well as after each epoch (None: per epoch only).
-    eval_steps: int | None = None
-    # Metric that picks the best checkpoint (None: the task's default).
-    metric_for_best: str | None = None
-    # Whether a higher value of the metric that picks the best checkpoint (metric_for_best, else
-    # the task's default) is better (true) or a lower one (false); None: as the task declares it
-    # (lower for the loss and the metrics it lists, e.g. perplexity; higher for any other).
-    greater_is_better: bool | None = None
-    # Stop after this many evaluations without improvement (None: never).
-    early_stopping_patience: int | None = None
-    # Also write a checkpoint every N optimizer steps (None: only after each epoch). A
-    # checkpoint holds what an exact resume needs: OUTPUT_DIR/checkpoints/step-N.
-    save_steps: int | None = None
-    # Keep the N newest checkpoints (0: write none).
-    save_total_limit: int = 1
-    # Continue the run from the latest complete checkpoint in output_dir.
-    resume: bool = False
-    # Continue the run from this checkpoint folder (OUTPUT_DIR/checkpoints/step-N).
-    resume_from: str | None = None
-    # Resume even when the training or validation data differ from the data the checkpoint was
-    # trained on (a warning instead of an error).
-    resume_anyway: bool = False
-    # Log the training loss every N optimizer steps.
-    logging_steps: int = 20
-    # Replace a model already in output_dir (otherwise that is an error).
-    overwrite: bool = False
-    # Allow model code from the Hub repository to run (only for models you trust).
-    trust_remote_code: bool = False
-    # Task-specific options (see each task's documentation).
-    task_options: dict[str, Any] = field(default_factory=dict)
-    # Write PNG plots into the report (report.html embeds them); off makes the report faster.
-    report_plots: bool = True
-    # Bootstrap resamples for the report's 95% confidence intervals (seeded by seed); 0: none.
-    bootstrap_resamples: int = 1000
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return from_dict({**self.to_dict(), **changes})
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -176,20 +59,222 @@ class Bounds:
 POSITIVE = Bounds(low=0, low_open=True)
 NON_NEGATIVE = Bounds(low=0)
 SHARE = Bounds(low=0, high=1, high_open=True)
+OPEN_SHARE = Bounds(low=0, high=1, low_open=True, high_open=True)
+SEED = Bounds(low=0, high=2**32 - 1)  # the seeds numpy accepts
 
-# What every numeric setting allows (each int and float field is listed here); a float must also
-# be finite.
-NUMERIC_BOUNDS: dict[str, Bounds] = {
-    **dict.fromkeys(("epochs", "learning_rate", "head_learning_rate", "lora_alpha", "lora_r", "batch_size",
-                     "eval_batch_size", "max_length", "max_train_samples", "max_steps", "gradient_accumulation_steps",
-                     "eval_steps", "early_stopping_patience", "save_steps", "logging_steps"), POSITIVE),
-    **dict.fromkeys(("weight_decay", "max_grad_norm", "train_top_layers", "save_total_limit",
-                     "bootstrap_resamples"), NON_NEGATIVE),
-    "warmup_ratio": SHARE,
-    "lora_dropout": SHARE,
-    "validation_fraction": Bounds(low=0, high=1, low_open=True, high_open=True),
-    "seed": Bounds(low=0, high=2**32 - 1),  # the seeds numpy accepts
-}
+
+@dataclass(frozen=True)
+class Setting:
+    """One run setting: what ``setting(...)`` declares on a ``TrainConfig`` field, and the field's
+    name, type and default (``declared_settings`` joins them)."""
+
+    # What the setting does, one line (no trailing period); the help of its option.
+    help: str
+    # Its option names on ``finetune-kit train``, as typer takes them, e.g. ("--train",) or
+    # ("--group-by-length/--no-group-by-length",); empty: --field-name.
+    names: tuple[str, ...] = ()
+    # The placeholder of the option's value in the help (None: the type's, e.g. <int>).
+    metavar: str | None = None
+    # What the setting left unset (None) means, shown as its default, e.g. "all layers".
+    unset: str | None = None
+    # Listed among the model card's hyper-parameters.
+    card: bool = False
+    # A row of ``finetune-kit compare``.
+    compared: bool = False
+    # The values a numeric setting allows (each int and float setting has them).
+    bounds: Bounds | None = None
+    # From the field: its name, type hint and default.
+    name: str = ""
+    hint: Any = None
+    default: Any = REQUIRED
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return self.names or (f"--{self.name.replace('_', '-')}",)
+
+    @property
+    def value_type(self) -> type:
+        """The field's type without None: bool, int, float, str, list or dict."""
+        return next(t for t in _allowed_types(self.hint) if t is not type(None))
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as the help shows it (None: none to show, for a required setting or a mapping)."""
+        if self.default is None:
+            return self.unset
+        if self.default is REQUIRED or isinstance(self.default, dict):
+            return None
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, float):
+            return f"{self.default:g}".replace("e-0", "e-")
+        return str(self.default)
+
+    @property
+    def help_text(self) -> str:
+        shown = self.default_text
+        return f"{self.help} (default: {shown})." if shown is not None else f"{self.help}."
+
+
+def setting(default: Any = MISSING, *, help: str, option: str | tuple[str, ...] = (), metavar: str | None = None,
+            unset: str | None = None, card: bool = False, compared: bool = False, bounds: Bounds | None = None,
+            default_factory: Any = MISSING) -> Any:
+    """A ``TrainConfig`` field with its declaration (see ``Setting``)."""
+    declaration = Setting(help=help, names=(option,) if isinstance(option, str) else option, metavar=metavar,
+                          unset=unset, card=card, compared=compared, bounds=bounds)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={DECLARATION: declaration})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a training run, each declared once (``setting``): its type, default, help,
+    option and bounds, and whether the model card and ``compare`` show it."""
+
+    task: str = setting(help="Registered task name; `finetune-kit tasks` lists them", compared=True)
+    model: str = setting(help="Pretrained encoder: a local directory or a Hugging Face Hub id", compared=True)
+    output_dir: str = setting(help="Directory that receives the trained model, metrics, report and logs",
+                              option="--output")
+    train_file: str | None = setting(None, help="Training file (CSV, TSV, JSON Lines, JSON or CoNLL)",
+                                     option="--train", compared=True)
+    validation_file: str | None = setting(
+        None, help="Validation file: it picks the best checkpoint, drives early stopping and is scored",
+        option="--validation", compared=True)
+    test_file: str | None = setting(None, help="Test file, scored once at the end with the best weights",
+                                    option="--test", compared=True)
+    dataset: str | None = setting(None, help="Hub dataset name, instead of files (needs a network)")
+    dataset_config: str | None = setting(None, help="Hub dataset configuration, e.g. sst2 for glue")
+    train_split: str = setting("train", help="Split of the hub dataset to train on")
+    validation_split: str | None = setting("validation", help="Split of the hub dataset to validate on")
+    test_split: str | None = setting(None, help="Split of the hub dataset to test on", unset="none")
+    file_format: str = setting(
+        "auto", help="File format: auto (by extension, else the task's usual one), csv, tsv, jsonl, json (one "
+                     "document: SQuAD or an array of objects), conll (token-per-line columns) or text (plain "
+                     "text, one text per non-blank line, in column text)")
+    text_column: str | None = setting(None, help="Column holding the (first) text", unset=TASK_DEFAULT)
+    text_pair_column: str | None = setting(None, help="Column holding the second text of pair tasks",
+                                           unset=TASK_DEFAULT)
+    label_column: str | None = setting(None, help="Column holding the label", unset=TASK_DEFAULT)
+    max_train_samples: int | None = setting(None, help="Keep only the first N training rows", unset="all",
+                                            bounds=POSITIVE)
+    validation_fraction: float | None = setting(
+        None, help="Hold out this share of the training rows (the last ones, in file order) as the validation "
+                   "split, when there is no validation file", unset="none", bounds=OPEN_SHARE)
+    max_length: int | None = setting(None, help="Longest input in subword tokens, special tokens included",
+                                     unset=TASK_DEFAULT, card=True, compared=True, bounds=POSITIVE)
+    epochs: float = setting(3.0, help="Passes over the training data", card=True, compared=True, bounds=POSITIVE)
+    max_steps: int | None = setting(None, help="Stop after this many optimizer steps", unset="run all epochs",
+                                    card=True, compared=True, bounds=POSITIVE)
+    batch_size: int = setting(32, help="Examples per training batch on each process", card=True, compared=True,
+                              bounds=POSITIVE)
+    eval_batch_size: int = setting(64, help="Examples per evaluation batch on each process", bounds=POSITIVE)
+    learning_rate: float = setting(5e-5, help="Peak AdamW learning rate", card=True, compared=True, bounds=POSITIVE)
+    head_learning_rate: float | None = setting(
+        None, help="Peak learning rate of the task's head modules; new heads often want more than a pretrained "
+                   "encoder", unset="the task's if it has one (`finetune-kit tasks NAME` shows it), else learning_rate",
+        card=True, compared=True, bounds=POSITIVE)
+    lora: bool = setting(False, help="Train LoRA adapters (peft) in the encoder instead of all its weights; the "
+                                     "task's head modules train fully and are saved with the adapter",
+                         option="--lora", card=True, compared=True)
+    lora_r: int = setting(8, help="LoRA rank", card=True, compared=True, bounds=POSITIVE)
+    lora_alpha: float = setting(16.0, help="LoRA scaling numerator: updates are scaled by lora_alpha / lora_r",
+                                card=True, bounds=POSITIVE)
+    lora_dropout: float = setting(0.1, help="Dropout on the input of the LoRA adapters", card=True, bounds=SHARE)
+    lora_target_modules: list[str] | None = setting(
+        None, help="Linear layers that get LoRA adapters, by module name (comma-separated on the command line, "
+                   "e.g. query,value)",
+        unset="every linear layer of the encoder's transformer blocks: attention projections and feed-forward",
+        card=True)
+    freeze_embeddings: bool = setting(False, help="Keep the encoder's embedding layer frozen",
+                                      option="--freeze-embeddings", card=True, compared=True)
+    train_top_layers: int | None = setting(
+        None, help="Train only the top K transformer layers of the encoder and the head; the layers below and "
+                   "the embeddings stay frozen (0: the head alone)", unset="all layers", card=True, compared=True,
+        bounds=NON_NEGATIVE)
+    weight_decay: float = setting(0.0, help="AdamW weight decay (not applied to biases and LayerNorm weights)",
+                                  card=True, compared=True, bounds=NON_NEGATIVE)
+    warmup_ratio: float = setting(0.0, help="Share of the optimizer steps used for linear warm-up", card=True,
+                                  compared=True, bounds=SHARE)
+    gradient_accumulation_steps: int = setting(1, help="Batches whose gradients are summed before each "
+                                                       "optimizer step", card=True, compared=True, bounds=POSITIVE)
+    max_grad_norm: float | None = setting(1.0, help="Gradient norm clipping (0: off)", card=True, bounds=NON_NEGATIVE)
+    mixed_precision: str = setting("no", help="Mixed precision, passed to Accelerate: no, fp16 or bf16",
+                                   card=True, compared=True)
+    seed: int = setting(42, help="Seed for the weights of new heads, dropout and data order", card=True,
+                        compared=True, bounds=SEED)
+    group_by_length: bool = setting(
+        True, help="Put examples of similar length in the same batch (shuffled groups): less padding",
+        option="--group-by-length/--no-group-by-length")
+    eval_steps: int | None = setting(None, help="Evaluate every N optimizer steps as well as after each epoch",
+                                     unset="after each epoch only", bounds=POSITIVE)
+    metric_for_best: str | None = setting(None, help="Metric that picks the best checkpoint", unset=TASK_DEFAULT,
+                                          card=True)
+    greater_is_better: bool | None = setting(
+        None, help="Whether a higher or a lower value of the metric that picks the best checkpoint is better",
+        option="--greater-is-better/--lower-is-better",
+        unset="as the task declares it: lower for the loss and the metrics the task lists, higher for any other")
+    early_stopping_patience: int | None = setting(None, help="Stop after this many evaluations without "
+                                                             "improvement", unset="never", card=True, bounds=POSITIVE)
+    save_steps: int | None = setting(
+        None, help="Also write a checkpoint every N optimizer steps; a checkpoint holds what an exact resume "
+                   "needs: OUTPUT/checkpoints/step-N", unset="after each epoch only", bounds=POSITIVE)
+    save_total_limit: int = setting(1, help="Keep the N newest checkpoints (0: write none)", bounds=NON_NEGATIVE)
+    resume: bool = setting(False, help="Continue the run from the latest complete checkpoint in the output "
+                                       "directory", option="--resume")
+    resume_from: str | None = setting(None, help="Continue the run from this checkpoint folder "
+                                                 "(OUTPUT/checkpoints/step-N)", metavar="DIR")
+    resume_anyway: bool = setting(
+        False, help="Resume even when the training or validation data differ from the data the checkpoint was "
+                    "trained on (a warning instead of an error)", option="--resume-anyway")
+    logging_steps: int = setting(20, help="Log the training loss every N optimizer steps", bounds=POSITIVE)
+    overwrite: bool = setting(False, help="Replace a model already in the output directory (otherwise that is an "
+                                          "error)", option="--overwrite")
+    trust_remote_code: bool = setting(False, help="Allow model code from the Hub repository to run (only for "
+                                                  "models you trust)", option="--trust-remote-code")
+    task_options: dict[str, Any] = setting(
+        default_factory=dict, help="Task-specific option, repeatable; `finetune-kit tasks NAME` lists a task's "
+                                   "options and their shortcuts", option=("--task-option", "-o"),
+        metavar="KEY=VALUE", card=True, compared=True)
+    report_plots: bool = setting(
+        True, help="Write PNG plots into the report (report.html embeds them); off makes the report faster",
+        option="--report-plots/--no-report-plots")
+    bootstrap_resamples: int = setting(1000, help="Bootstrap resamples for the report's 95% confidence intervals, "
+                                                  "seeded by seed (0: none)", bounds=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+@cache
+def declared_settings(config_class: type = TrainConfig) -> tuple[Setting, ...]:
+    """Every setting of ``config_class`` (a dataclass whose fields are declared with ``setting``),
+    in field order, with its declaration."""
+    hints = typing.get_type_hints(config_class)
+    return tuple(dataclasses.replace(f.metadata[DECLARATION], name=f.name, hint=hints[f.name], default=_default(f))
+                 for f in fields(config_class))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return REQUIRED if f.default is MISSING else f.default
+
+
+# The settings the model card lists as hyper-parameters, and those ``finetune-kit compare`` shows.
+CARD_SETTINGS = tuple(s.name for s in declared_settings() if s.card)
+COMPARED_SETTINGS = tuple(s.name for s in declared_settings() if s.compared)
+# What every numeric setting allows (each int and float setting declares it); a float must also be
+# finite.
+NUMERIC_BOUNDS = {s.name: s.bounds for s in declared_settings() if s.bounds is not None}
 
 
 def _check_bounds(name: str, value: Any, bounds: Bounds) -> None:

@@ -220,42 +220,6 @@ def tune_null_threshold(
     return thresholds[best], f1s[best]
 
 
-def entity_error_buckets(
-    gold: Sequence[tuple[int, int, str]], predicted: Sequence[tuple[int, int, str]]
-) -> dict[str, list[Any]]:
-    """The entities of one sentence sorted into error buckets.
-
-    Each predicted entity is ``correct`` (same span and type as a gold one), ``wrong type``
-    (the span of a gold entity with another type), ``wrong boundary`` (overlapping a gold
-    entity without matching its span; the type may differ too) or ``spurious`` (overlapping
-    none); each gold entity that no prediction overlaps is ``missed``. So correct + wrong type +
-    wrong boundary + spurious = predicted entities. Wrong type and wrong boundary hold
-    (predicted, gold) pairs, with the gold entity overlapping most.
-    """
-    gold_set, buckets = set(gold), {name: [] for name in ERROR_BUCKETS}
-
-    def overlap(a: tuple[int, int, str], b: tuple[int, int, str]) -> int:
-        return min(a[1], b[1]) - max(a[0], b[0])
-
-    for p in sorted(set(predicted)):
-        if p in gold_set:
-            buckets["correct"].append(p)
-            continue
-        same_span = [g for g in sorted(gold_set) if g[:2] == p[:2]]
-        overlapping = sorted((g for g in gold_set if overlap(p, g) > 0), key=lambda g: (-overlap(p, g), g))
-        if same_span:
-            buckets["wrong type"].append((p, same_span[0]))
-        elif overlapping:
-            buckets["wrong boundary"].append((p, overlapping[0]))
-        else:
-            buckets["spurious"].append(p)
-    buckets["missed"] = [g for g in sorted(gold_set) if not any(overlap(p, g) > 0 for p in predicted)]
-    return buckets
-
-
-ERROR_BUCKETS = ("correct", "wrong type", "wrong boundary", "missed", "spurious")
-
-
 # -- span NER ---------------------------------------------------------------------------------
 
 def span_metrics(

@@ -17,18 +17,13 @@ from typing import Any
 
 import yaml
 
+from .config import CARD_SETTINGS
 from .files import atomic_write_text
 from .modeling import WEIGHTS
 from .registry import get_task_class
-from .report import Markdown, interval_text, markdown_code, markdown_table, markdown_text
+from .markdown import Markdown, interval_text, markdown_code, markdown_table, markdown_text
 
 MODEL_CARD = "README.md"
-
-HYPER_PARAMETERS = ("epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
-                    "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "seed",
-                    "mixed_precision", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                    "freeze_embeddings", "train_top_layers", "metric_for_best", "early_stopping_patience",
-                    "task_options")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -178,7 +173,7 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
         if entry.get("labels"):
             lines += ["", f"Label distribution, {entry['split']}:", "",
                       markdown_table(["label", "count"], [[k, v] for k, v in entry["labels"].items()])]
-    params = [[k, setting_text(config[k])] for k in HYPER_PARAMETERS if k in config and config[k] not in (None, {}, [])]
+    params = [[k, setting_text(config[k])] for k in CARD_SETTINGS if k in config and config[k] not in (None, {}, [])]
     lines += ["", "## Hyper-parameters", "", markdown_table(["setting", "value"], params)]
     if train_summary:
         summary = [[k.replace("_", " "), train_summary[k]] for k in ("step", "epoch", "train_runtime_s",

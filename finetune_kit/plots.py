@@ -1,6 +1,6 @@
 """PNG plots of report blocks (bar charts, heat maps, curves) with matplotlib's Agg backend.
 
-Each function takes a block as ``finetune_kit.report`` builds it and returns PNG bytes; nothing
+Each function takes a block as ``finetune_kit.report_content`` builds it and returns PNG bytes; nothing
 here reads a file or the network. Figures are small and rendered at a modest resolution, so a
 whole report's plots take a fraction of a second after matplotlib's import.
 """

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import difflib
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
+from .report_content import ReportContent, Section, metrics_content, metrics_table
 from .task import TaskBase, TaskError
+from .task_options import declaration_problems
 
 ENTRY_POINT_GROUP = "finetune_kit.tasks"
 
 # What every task class has: its name, its default metric, and TaskBase's abstract methods.
 REQUIRED_MEMBERS = ("name", "default_metric", "setup", "validate", "state", "load_state", "build_model",
-                    "preprocess", "collate", "to_examples", "postprocess", "compute_metrics", "write_report")
+                    "preprocess", "collate", "to_examples", "postprocess", "compute_metrics")
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -49,7 +52,11 @@ def get_task_class(name: str) -> type[TaskBase]:
             f"task '{name}' ({eps[name].value}) does not implement the Task contract: "
             f"missing {', '.join(missing)}"
         )
-    return as_task_class(cls)
+    task_class = as_task_class(cls)
+    problems = declaration_problems(task_class.task_options)
+    if problems:
+        raise TaskError(f"task '{name}' ({eps[name].value}) declares its task_options wrongly: {'; '.join(problems)}")
+    return task_class
 
 
 def missing_members(cls: object) -> list[str]:
@@ -62,9 +69,32 @@ def missing_members(cls: object) -> list[str]:
 
 
 def as_task_class(cls: type) -> type[TaskBase]:
-    """A plugin class as a TaskBase: itself, or, for a class written before TaskBase (one that
-    has the required members only), a subclass of it and TaskBase, which adds the defaults of
-    the optional members it lacks."""
-    if issubclass(cls, TaskBase):
+    """A plugin class as a TaskBase: itself, or a subclass of it adapting an older plugin. A
+    class written before TaskBase (one that has the required members only) gets the defaults of
+    the optional members it lacks; one that reports through ``report_sections`` gets ``report``."""
+    members = {"report": report_from_sections} if reports_by_sections(cls) else {}
+    if issubclass(cls, TaskBase) and not members:
         return cls
-    return type(cls.__name__, (cls, TaskBase), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+    bases = (cls,) if issubclass(cls, TaskBase) else (cls, TaskBase)
+    return type(cls.__name__, bases, {"__module__": cls.__module__, "__doc__": cls.__doc__, **members})
+
+
+def reports_by_sections(cls: type) -> bool:
+    """Whether ``cls`` gives its report as the dict of ``report_sections`` instead of ``report``."""
+    return hasattr(cls, "report_sections") and getattr(cls, "report", TaskBase.report) is TaskBase.report
+
+
+def report_from_sections(task: TaskBase, predictions: list[dict[str, Any]], raw: Any,
+                         metrics: dict[str, Any]) -> ReportContent:
+    """``report`` of an older plugin, from the dict its ``report_sections`` returns (headline,
+    bootstrap, resampling_unit, sections; empty for a table of the metrics). Its summary is a
+    table of every metric, and blocks flagged ``summarised`` (shown by the ``write_report`` such
+    a plugin has, which nothing calls now) stay in their sections."""
+    content = task.report_sections(predictions, raw, metrics)
+    if not content:
+        return metrics_content(metrics)
+    sections = [Section(s["title"], [{k: v for k, v in block.items() if k != "summarised"} for block in s["blocks"]],
+                        s.get("note")) for s in content.get("sections") or []]
+    return ReportContent(summary=[metrics_table(metrics)], headline=list(content.get("headline", [])),
+                         bootstrap=list(content.get("bootstrap", [])),
+                         resampling_unit=content.get("resampling_unit", "example"), sections=sections)

@@ -19,6 +19,8 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 
 from .files import atomic_write_text
+from .report_content import ReportContent, metrics_content
+from .task_options import TaskOption, unknown_options_error
 
 
 class DataError(ValueError):
@@ -38,31 +40,32 @@ def label_name(value: Any) -> str:
     return str(value).strip()
 
 
+# Kept for plugins written before ``TaskBase.task_options``; they word a refused value as the
+# declarations do. A new task declares its options and calls ``TaskBase.read_options`` instead.
 def checked_options(task_name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """A task's options: the defaults updated with those given; an unknown one is an error."""
-    unknown = set(given) - set(defaults)
+    unknown = unknown_options_error(task_name, given, defaults)
     if unknown:
-        raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {task_name} "
-                        f"(known: {', '.join(sorted(defaults))})")
+        raise TaskError(unknown)
     return {**defaults, **given}
 
 
+def _require(option: TaskOption, value: Any) -> None:
+    error = option.error(value)
+    if error:
+        raise TaskError(error)
+
+
 def require_choice(options: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> None:
-    if options[key] not in allowed:
-        raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; choose {' or '.join(map(str, allowed))}")
+    _require(TaskOption(key, None, "", kind="choice", choices=allowed), options[key])
 
 
 def require_flag(options: dict[str, Any], key: str) -> None:
-    if not isinstance(options[key], bool):
-        raise TaskError(f"task_options.{key}: {options[key]!r} is not allowed; give true or false")
+    _require(TaskOption(key, None, "", kind="flag"), options[key])
 
 
 def require_whole_number(options: dict[str, Any], key: str, minimum: int = 1, optional: bool = False) -> None:
-    value = options[key]
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TaskError(f"task_options.{key}: {value!r} is not allowed; give a whole number >= {minimum}")
+    _require(TaskOption(key, None, "", kind="int", minimum=minimum, optional=optional), options[key])
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ class TaskBase(ABC):
     # True scores validation and test with the starting model too; the figures go into the
     # metrics (``before_training``) and the report.
     evaluate_before_training: ClassVar[bool] = False
+    # The options the task takes (``-o name=value``), read by ``read_options``, listed by
+    # ``finetune-kit tasks NAME``; a declared ``shortcut`` is a flag of ``finetune-kit train``.
+    task_options: ClassVar[tuple[TaskOption, ...]] = ()
     # The label names of a trained classifier (None: a task without a label set).
     labels: list[str] | None = None
 
@@ -136,6 +142,20 @@ class TaskBase(ABC):
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
+
+    def read_options(self) -> dict[str, Any]:
+        """The run's options: each declared option's default, updated with the values the run
+        gives. An undeclared name or a value its declaration refuses is a one-line ``TaskError``."""
+        given = self.settings.options
+        unknown = unknown_options_error(self.name, given, (option.name for option in self.task_options))
+        if unknown:
+            raise TaskError(unknown)
+        options = {option.name: option.default for option in self.task_options} | given
+        for option in self.task_options:
+            error = option.error(options[option.name])
+            if error:
+                raise TaskError(error)
+        return options
 
     @abstractmethod
     def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
@@ -187,10 +207,6 @@ class TaskBase(ABC):
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         """Metrics of the predictions against the gold labels in ``raw``."""
 
-    @abstractmethod
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        """Markdown report of one split's metrics."""
-
     def calibrate(self, predictions: list[dict[str, Any]], raw: Dataset) -> bool:
         """After training, tune decision settings (a threshold) on the validation predictions of
         the best weights, for ``state()`` to save; returns whether it tuned anything."""
@@ -209,14 +225,12 @@ class TaskBase(ABC):
         """The label distribution of a split, for the model card (None: not shown)."""
         return None
 
-    def report_sections(
-        self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The content of a split's evaluation report: a dict with ``headline`` ([(label, metric
-        key)...]), ``bootstrap`` (``stats.Resampled`` per-example statistics of headline metrics,
-        for their confidence intervals), ``resampling_unit`` ("example", "sentence"...) and
-        ``sections`` (``report.section`` of ``report`` blocks). Empty: a table of the metrics."""
-        return {}
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
+        """The evaluation report of a split, from its predictions, its raw rows and its metrics:
+        summary blocks (also printed after training), headline metrics with the per-example
+        statistics for their intervals, and sections (see ``report_content``). By default a
+        table of every scalar metric."""
+        return metrics_content(metrics)
 
     def write_predictions(self, predictions: list[dict[str, Any]], path: Path) -> list[Path]:
         """How ``finetune-kit predict`` writes its output: one JSON line per input, written
@@ -228,6 +242,12 @@ class TaskBase(ABC):
 # The contract's name in type hints; a class that does not derive from TaskBase is adapted by
 # ``registry.get_task_class``.
 Task = TaskBase
+
+
+def task_shortcuts(task_class: type[TaskBase]) -> dict[str, TaskOption]:
+    """The ``finetune-kit train`` flags that the task's options declare as their ``shortcut``,
+    each with its option."""
+    return {option.shortcut: option for option in task_class.task_options if option.shortcut}
 
 
 # What a task that declares nothing has better lower: the loss the loop adds to the metrics.

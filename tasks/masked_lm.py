@@ -19,9 +19,8 @@ position embedding; its loss is added to the MLM loss.
 The output directory is accepted by every task as ``--model`` (its encoder is taken out of it).
 ``predict`` fills in the ``[MASK]`` tokens of its inputs with the top candidates.
 
-Task options (``-o key=value``): masking (token | whole-word | span, default token; also
-``--masking``), mask_rate (0.15), mask_share (0.8), random_share (0.1), random_tokens (uniform |
-unigram), span_p (0.2), max_span_words (10), sbo (false), packing (documents | lines), top_k (5).
+The options (``-o key=value``) are declared in ``MaskedLMTask.task_options`` (``finetune-kit
+tasks masked-lm`` lists them).
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ from finetune_kit.masking import (
     span_boundaries,
 )
 from finetune_kit.modeling import resolve_model_path
-from finetune_kit.report import markdown_table, section, table
+from finetune_kit.report_content import ReportContent, table
 from finetune_kit.stats import Resampled, ratio_of
 from finetune_kit.task import (
     ROW_INDEX,
@@ -63,19 +62,10 @@ from finetune_kit.task import (
     OutputBatch,
     TaskBase,
     TaskError,
+    TaskOption,
     TaskSettings,
-    checked_options,
-    require_choice,
-    require_flag,
-    require_whole_number,
 )
 
-OPTIONS: dict[str, Any] = {
-    "masking": "token", "mask_rate": 0.15, "mask_share": 0.8, "random_share": 0.1, "random_tokens": "uniform",
-    "span_p": 0.2, "max_span_words": 10, "sbo": False, "packing": "documents", "top_k": 5,
-}
-CHOICES = {"masking": ("token", "whole-word", "span"), "random_tokens": ("uniform", "unigram"),
-           "packing": ("documents", "lines")}
 # Positions inside a span that get their own SBO position embedding; deeper ones share the last.
 SBO_POSITIONS = 32
 # Where a checkpoint keeps a pretrained MLM head: (dense, norm, bias) name prefixes.
@@ -243,15 +233,28 @@ class MaskedLMTask(TaskBase):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mlm_loss", "perplexity", "sbo_loss"})
     default_file_format: ClassVar[str] = "text"
     evaluate_before_training: ClassVar[bool] = True
+    # The shares and rates are checked together by ``MaskingScheme`` (mask_share + random_share <= 1).
+    task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("masking", "token", "what is masked as a whole: single tokens, whole words, or SpanBERT spans",
+                   kind="choice", choices=("token", "whole-word", "span"), shortcut="--masking"),
+        TaskOption("mask_rate", 0.15, "the share of maskable tokens predicted, in (0, 1)"),
+        TaskOption("mask_share", 0.8, "of the chosen tokens, the share replaced by [MASK] (with random_share, "
+                   "at most 1)"),
+        TaskOption("random_share", 0.1, "of the chosen tokens, the share replaced by random tokens "
+                   "(the rest left as they are)"),
+        TaskOption("random_tokens", "uniform", "random tokens drawn uniformly from the vocabulary, or by their "
+                   "frequency in the training text", kind="choice", choices=("uniform", "unigram")),
+        TaskOption("span_p", 0.2, "span masking: p of the geometric distribution of span lengths, in (0, 1]"),
+        TaskOption("max_span_words", 10, "span masking: the longest span, in words", kind="int", minimum=1),
+        TaskOption("sbo", False, "add SpanBERT's span boundary objective (needs span masking)", kind="flag"),
+        TaskOption("packing", "documents", "texts packed into full sequences split by [SEP], or one text per "
+                   "sequence", kind="choice", choices=("documents", "lines")),
+        TaskOption("top_k", 5, "predict: the candidates given for each [MASK]", kind="int", minimum=1),
+    )
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
-        self.options = options = checked_options(self.name, settings.options, OPTIONS)
-        for key, allowed in CHOICES.items():
-            require_choice(options, key, allowed)
-        require_flag(options, "sbo")
-        for key in ("max_span_words", "top_k"):
-            require_whole_number(options, key)
+        self.options = options = self.read_options()
         if options["sbo"] and options["masking"] != "span":
             raise TaskError("task_options.sbo: the span boundary objective needs span masking (--masking span)")
         try:
@@ -496,16 +499,7 @@ class MaskedLMTask(TaskBase):
             metrics["sbo_accuracy"] = sum(p["sbo_correct"] for p in predictions) / total
         return metrics
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        keys = ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss", "masked_tokens", "num_texts")
-        rows = [[k, metrics[k]] for k in keys if k in metrics]
-        before = metrics.get("before_training")
-        if before:
-            rows = [[k, before.get(k), v] for k, v in rows]
-            return f"## {title}\n\n" + markdown_table(["metric", "before training", "after training"], rows)
-        return f"## {title}\n\n" + markdown_table(["metric", "value"], rows)
-
-    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
         """Masked-token accuracy, loss and perplexity with intervals (texts resampled), and the
         same figures of the encoder before training beside them."""
         counts = [p["masked_tokens"] for p in predictions]
@@ -516,14 +510,18 @@ class MaskedLMTask(TaskBase):
                                 lambda s: np.exp(np.minimum(s[..., 0] / np.maximum(s[..., 1], 1), 700.0)))]
         headline = [("masked-token accuracy", "accuracy"), ("masked-token loss", "mlm_loss"),
                     ("perplexity", "perplexity")]
-        sections = []
+        keys = [k for k in ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss", "masked_tokens",
+                            "num_texts") if k in metrics]
         before = metrics.get("before_training")
         if before:
-            keys = [k for k in ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss") if k in metrics]
-            sections.append(section("Before and after training", [table(
-                "The starting encoder and the trained one, on the same masked tokens",
+            scores = ("accuracy", "mlm_loss", "perplexity", "sbo_accuracy", "sbo_loss")
+            summary = table(
+                "Before and after training: the starting encoder and the trained one, on the same masked tokens",
                 ["metric", "before training", "after training", "change"],
-                [[k, before.get(k), metrics[k], metrics[k] - before[k] if k in before else None] for k in keys])],
+                [[k, before.get(k), metrics[k], metrics[k] - before[k] if k in scores and k in before else None]
+                 for k in keys],
                 note=None if self.head_pretrained else
-                "The starting checkpoint has no MLM head: 'before training' is scored with a newly initialised head."))
-        return {"headline": headline, "bootstrap": statistics, "resampling_unit": "text", "sections": sections}
+                "The starting checkpoint has no MLM head: 'before training' is scored with a newly initialised head.")
+        else:
+            summary = table("Metrics", ["metric", "value"], [[k, metrics[k]] for k in keys])
+        return ReportContent(summary=[summary], headline=headline, bootstrap=statistics, resampling_unit="text")

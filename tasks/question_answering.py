@@ -9,16 +9,9 @@ question gets no answer when ``null score - best span score > threshold``, and t
 tuned on the validation set after training and saved with the model. Exact match and F1 follow
 the official evaluation script of the data's SQuAD version (see ``_rules``).
 
-Task options (``-o key=value``):
-- ``doc_stride`` (a third of max_length: 128 at 384): tokens two consecutive windows share.
-- ``max_answer_length`` (30): the longest answer, in tokens.
-- ``n_best`` (20): start and end candidates per window, and answers kept per question.
-- ``max_query_length`` (a sixth of max_length: 64 at 384): questions are cut to this many tokens.
-- ``with_negatives`` (auto): whether questions may have no answer (SQuAD v2.0); auto: when the
-  training data has such questions.
-- ``skip_bad_answers`` (false): an answer that does not match its context at ``answer_start``
-  is left out and counted, instead of stopping with an error naming the question.
-- ``no_answer_threshold``: use this threshold instead of tuning one.
+The options (``-o key=value``) are declared in ``QuestionAnsweringTask.task_options``
+(``finetune-kit tasks question-answering`` lists them); ``doc_stride`` and ``max_query_length``
+default to BERT's SQuAD settings (128 and 64 at max_length 384), scaled to other lengths.
 """
 
 from __future__ import annotations
@@ -48,7 +41,16 @@ from finetune_kit.metrics import (
     tune_null_threshold,
 )
 from finetune_kit.files import atomic_write_text
-from finetune_kit.report import MAX_EXAMPLES, bar_chart, curve, marked, markdown_table, section, table
+from finetune_kit.report_content import (
+    MAX_EXAMPLES,
+    Block,
+    ReportContent,
+    Section,
+    bar_chart,
+    curve,
+    marked,
+    table,
+)
 from finetune_kit.stats import mean_of
 from finetune_kit.task import (
     ROW_INDEX,
@@ -56,10 +58,8 @@ from finetune_kit.task import (
     OutputBatch,
     TaskBase,
     TaskError,
+    TaskOption,
     TaskSettings,
-    checked_options,
-    require_flag,
-    require_whole_number,
 )
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -67,8 +67,6 @@ QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why
 LENGTH_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 10**9, "11+"))
 CONTEXT_CHARS = 150  # context shown on each side of the answers of a wrong-answer example
 CURVE_POINTS = 400  # most points of the no-answer threshold curve kept in the report
-OPTIONS = {"doc_stride": None, "max_answer_length": 30, "n_best": 20, "max_query_length": None,
-           "with_negatives": "auto", "skip_bad_answers": False, "no_answer_threshold": None}
 
 
 class SpanExtractor(nn.Module):
@@ -114,25 +112,31 @@ class QuestionAnsweringTask(TaskBase):
     head_modules: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     default_metric: ClassVar[str] = "f1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("doc_stride", None, "context tokens two consecutive windows share (null: a third of max_length)",
+                   kind="int", minimum=0, optional=True),
+        TaskOption("max_answer_length", 30, "the longest answer, in tokens", kind="int", minimum=1),
+        TaskOption("n_best", 20, "start and end candidates per window, and answers kept per question",
+                   kind="int", minimum=1),
+        TaskOption("max_query_length", None, "questions are cut to this many tokens (null: a sixth of max_length)",
+                   kind="int", minimum=1, optional=True),
+        TaskOption("with_negatives", "auto", "whether questions may have no answer (SQuAD v2.0); auto: when the "
+                   "training data has such questions", kind="choice", choices=("auto", True, False)),
+        TaskOption("skip_bad_answers", False, "leave out (and count) an answer that does not match its context at "
+                   "answer_start, instead of stopping", kind="flag"),
+        TaskOption("no_answer_threshold", None, "use this no-answer threshold instead of tuning one (null: tune)",
+                   kind="number", optional=True),
+    )
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
-        options = checked_options(self.name, settings.options, OPTIONS)
-        # BERT's SQuAD settings (384 / 128 / 64), scaled to other lengths
+        self.options = options = self.read_options()
+        # BERT's SQuAD settings (384 / 128 / 64), scaled to other lengths (max_length >= 8: both >= 1)
         if options["doc_stride"] is None:
             options["doc_stride"] = settings.max_length // 3
         if options["max_query_length"] is None:
             options["max_query_length"] = settings.max_length // 6
-        for key in ("doc_stride", "max_answer_length", "n_best", "max_query_length"):
-            require_whole_number(options, key, minimum=0 if key == "doc_stride" else 1)
-        if options["with_negatives"] not in ("auto", True, False):
-            raise TaskError(f"task_options.with_negatives: {options['with_negatives']!r} is not allowed; "
-                            f"give auto, true or false")
-        require_flag(options, "skip_bad_answers")
         fixed = options["no_answer_threshold"]
-        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float))):
-            raise TaskError(f"task_options.no_answer_threshold: {fixed!r} is not allowed; give a number")
-        self.options = options
         self.with_negatives = False
         self.threshold = float(fixed) if fixed is not None else 0.0
         self.skipped_answers: dict[str, int] = {}  # file -> answers left out (skip_bad_answers)
@@ -438,7 +442,9 @@ class QuestionAnsweringTask(TaskBase):
             metrics["answers_not_matching_context"] = bad
         return metrics
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+    def _summary(self, metrics: dict[str, Any]) -> list[Block]:
+        """EM and F1 (for v2.0 at the threshold 0 and at the saved one, HasAns and NoAns too),
+        with the question counts, the scoring rules and skipped answers as a note."""
         def figures(m: dict[str, Any]) -> list[Any]:
             return [m["exact_match"], m["f1"], *[m.get(f"{g}_{k}", "") for g in ("HasAns", "NoAns")
                                                  for k in ("exact_match", "f1")]]
@@ -447,8 +453,8 @@ class QuestionAnsweringTask(TaskBase):
             rows = [["exact match", metrics["exact_match"]], ["F1", metrics["f1"]],
                     ["questions", metrics["num_questions"]]]
             rows += [[k.replace("_", " "), metrics[k]] for k in ("loss",) if k in metrics]
-            return "\n\n".join([f"## {title}", markdown_table(["metric", "value"], rows),
-                                *self._rules_notes(metrics), *self._skipped_notes(metrics)])
+            notes = self._rules_notes(metrics) + self._skipped_notes(metrics)
+            return [table("Metrics", ["metric", "value"], rows, note=" ".join(notes) or None)]
         header = ["no-answer threshold", "EM", "F1", "HasAns EM", "HasAns F1", "NoAns EM", "NoAns F1"]
         rows = [[0.0, *figures(metrics["at_threshold_0"])],
                 [f"{metrics['no_answer_threshold']:.4f} (tuned on validation, saved)", *figures(metrics)]]
@@ -458,7 +464,7 @@ class QuestionAnsweringTask(TaskBase):
         if "loss" in metrics:
             notes.append(f"Loss: {metrics['loss']:.4f}.")
         notes += self._rules_notes(metrics) + self._skipped_notes(metrics)
-        return "\n\n".join([f"## {title}", markdown_table(header, rows), " ".join(notes)])
+        return [table("EM and F1 by no-answer threshold", header, rows, note=" ".join(notes))]
 
     @staticmethod
     def _rules_notes(metrics: dict[str, Any]) -> list[str]:
@@ -474,10 +480,10 @@ class QuestionAnsweringTask(TaskBase):
                          + ", ".join(f"{source}: {n}" for source, n in self.skipped_answers.items()) + ".")
         return notes
 
-    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Question-level bootstrap statistics (EM, F1, HasAns/NoAns), F1 by answer length and by
-        question word, the no-answer threshold curve (v2.0), and wrong answers beside the gold
-        ones in their context."""
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
+        """The summary, question-level bootstrap statistics (EM, F1, HasAns/NoAns), F1 by answer
+        length and by question word, the no-answer threshold curve (v2.0), and wrong answers
+        beside the gold ones in their context."""
         golds = self._golds(raw)
         rules = self._rules(raw, golds)
         answers = [self._answer_at(p, self.threshold) for p in predictions]
@@ -500,7 +506,8 @@ class QuestionAnsweringTask(TaskBase):
         if self.with_negatives:
             sections.append(self._threshold_section(predictions, golds, rules))
         sections.append(self._wrong_answers(predictions, raw, answers, f1))
-        return {"headline": headline, "bootstrap": statistics, "resampling_unit": "question", "sections": sections}
+        return ReportContent(summary=self._summary(metrics), headline=headline, bootstrap=statistics,
+                             resampling_unit="question", sections=sections)
 
     @staticmethod
     def _answer_length_bucket(golds: list[str]) -> str:
@@ -513,18 +520,18 @@ class QuestionAnsweringTask(TaskBase):
 
     @staticmethod
     def _breakdown(title: str, what: str, groups: list[str], em: list[float], f1: list[float],
-                   order: list[str]) -> dict[str, Any]:
+                   order: list[str]) -> Section:
         names = [name for name in order if name in groups]
         rows = []
         for name in names:
             members = [i for i, g in enumerate(groups) if g == name]
             rows.append([name, len(members), float(np.mean([em[i] for i in members])),
                          float(np.mean([f1[i] for i in members]))])
-        return section(title, [table(title, [what, "questions", "EM", "F1"], rows),
+        return Section(title, [table(title, [what, "questions", "EM", "F1"], rows),
                                bar_chart(title, names, {"EM": [r[2] for r in rows], "F1": [r[3] for r in rows]})])
 
     def _threshold_section(self, predictions: list[dict[str, Any]], golds: list[list[str]],
-                           rules: str) -> dict[str, Any]:
+                           rules: str) -> Section:
         """Mean F1 against the no-answer threshold on this split, the saved threshold marked."""
         span_f1 = [answer_scores(p["best_span"], g, rules)[1] for p, g in zip(predictions, golds)]
         null_f1 = [answer_scores("", g, rules)[1] for g in golds]
@@ -539,7 +546,7 @@ class QuestionAnsweringTask(TaskBase):
         markers = [(self.threshold, f"saved threshold {self.threshold:.3f}")]
         if self.threshold != 0:
             markers.append((0.0, "0"))
-        return section("No-answer threshold", [
+        return Section("No-answer threshold", [
             curve("F1 against the no-answer threshold", "threshold (null score - best span score)", "F1",
                   {"F1": (thresholds, f1s)}, markers, steps=True)],
             note="A question gets no answer when its null score minus its best span score exceeds the threshold; "
@@ -547,7 +554,7 @@ class QuestionAnsweringTask(TaskBase):
                  "thresholds between two differences). The saved threshold was tuned on the validation split.")
 
     def _wrong_answers(self, predictions: list[dict[str, Any]], raw: Dataset, answers: list[str],
-                       f1: list[float]) -> dict[str, Any]:
+                       f1: list[float]) -> Section:
         """The first questions answered wrongly (F1 below 1), the predicted and the gold answers
         marked in an excerpt of the context."""
         question_col, context_col, answers_col = self._columns
@@ -562,7 +569,7 @@ class QuestionAnsweringTask(TaskBase):
             rows.append([predictions[i]["id"], row[question_col], answers[i] or "(no answer)",
                          "; ".join(dict.fromkeys(gold["text"])) or "(no answer)", f1[i],
                          context_excerpt(row[context_col], marks)])
-        return section("Wrong answers", [table("Wrong answers", ["id", "question", "predicted", "gold", "F1", "context"],
+        return Section("Wrong answers", [table("Wrong answers", ["id", "question", "predicted", "gold", "F1", "context"],
                                                rows)],
                        note=f"{len(wrong)} of {len(f1)} questions have F1 below 1; the first {len(rows)} are shown.")
 

@@ -17,16 +17,8 @@ or any file token classification reads (BIO tags, turned into spans; the scheme 
 from the whole training data, and other tagged files must be in it). A gold span given twice in
 a sentence is one entity (a warning says how many and where the first is).
 
-Task options (``-o key=value``):
-- ``max_span_width`` (8): the longest candidate span, in words.
-- ``word_pooling`` (first): a word's vector is its ``first`` subword's or the ``mean`` of them.
-- ``decoding`` (nested): ``nested`` or ``flat``.
-- ``per_type_threshold`` (false): tune one threshold per entity type instead of one for all.
-- ``null_weight`` (1.0): loss weight of NULL spans; ``null_sample`` (1.0): the share of NULL
-  spans trained on at each step (sampled afresh each time).
-- ``ffnn_dim`` (150), ``width_dim`` (20): sizes of the span FFNNs and the width embedding.
-- ``stride``: subwords two windows share (default a quarter of the window).
-- ``threshold``: use this threshold instead of tuning one.
+The options (``-o key=value``) are declared in ``SpanNerTask.task_options`` (``finetune-kit tasks
+span-ner`` lists them).
 """
 
 from __future__ import annotations
@@ -54,7 +46,8 @@ from finetune_kit.batching import padded
 from finetune_kit.data import iter_rows, place_of, require_columns, token_place, where, where_token
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import span_metrics
-from finetune_kit.report import entity_error_section, markdown_table, per_label_blocks, per_label_table, section
+from finetune_kit.entity_errors import entity_error_section
+from finetune_kit.report_content import Block, ReportContent, Section, per_label_chart, per_label_table, table
 from finetune_kit.stats import micro_prf
 from finetune_kit.spans import calibrate_threshold, decode, layout_of, read_spans
 from finetune_kit.tagging import MixedSchemesError, describe_tag, detect_scheme, first_foreign_tag, scheme_words
@@ -64,18 +57,12 @@ from finetune_kit.task import (
     OutputBatch,
     TaskBase,
     TaskError,
+    TaskOption,
     TaskSettings,
-    checked_options,
-    require_choice,
-    require_flag,
-    require_whole_number,
 )
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 NULL = "NULL"
-OPTIONS = {"max_span_width": 8, "word_pooling": "first", "decoding": "nested", "per_type_threshold": False,
-           "null_weight": 1.0, "null_sample": 1.0, "ffnn_dim": 150, "width_dim": 20, "stride": None,
-           "threshold": None}
 MIN_PROBABILITY = 0.05  # spans below this are never entities: the lowest threshold tried
 
 
@@ -185,25 +172,31 @@ class SpanNerTask(TaskBase):
     default_metric: ClassVar[str] = "best_f1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     default_head_learning_rate: ClassVar[float] = 1e-3
+    task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("max_span_width", 8, "the longest candidate span, in words", kind="int", minimum=1),
+        TaskOption("word_pooling", "first", "a word's vector: its first subword's, or the mean of its subwords",
+                   kind="choice", choices=("first", "mean")),
+        TaskOption("decoding", "nested", "kept spans may nest but never cross (nested), or never overlap (flat)",
+                   kind="choice", choices=("nested", "flat")),
+        TaskOption("per_type_threshold", False, "tune one threshold per entity type instead of one for all",
+                   kind="flag"),
+        TaskOption("null_weight", 1.0, "the loss weight of NULL (non-entity) spans", kind="number", minimum=0,
+                   exclusive_minimum=True),
+        TaskOption("null_sample", 1.0, "the share of NULL spans trained on at each step, drawn afresh each time",
+                   kind="number", minimum=0, maximum=1, exclusive_minimum=True),
+        TaskOption("ffnn_dim", 150, "the size of the span FFNNs", kind="int", minimum=1),
+        TaskOption("width_dim", 20, "the size of the span width embedding", kind="int", minimum=1),
+        TaskOption("stride", None, "subwords two consecutive windows share (null: a quarter of the window)",
+                   kind="int", minimum=0, optional=True),
+        TaskOption("threshold", None, "use this entity probability threshold instead of tuning one (null: tune)",
+                   kind="number", minimum=0, maximum=1, exclusive_minimum=True, exclusive_maximum=True,
+                   optional=True),
+    )
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
-        self.options = options = checked_options(self.name, settings.options, OPTIONS)
-        for key in ("max_span_width", "ffnn_dim", "width_dim"):
-            require_whole_number(options, key)
-        for key, allowed in (("word_pooling", ("first", "mean")), ("decoding", ("nested", "flat"))):
-            require_choice(options, key, allowed)
-        require_flag(options, "per_type_threshold")
-        for key, low in (("null_weight", 0.0), ("null_sample", 0.0)):
-            value = options[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= (
-                    1.0 if key == "null_sample" else float("inf")):
-                raise TaskError(f"task_options.{key}: {value!r} is not allowed; give a number in "
-                                f"{'(0, 1]' if key == 'null_sample' else '(0, inf)'}")
+        self.options = options = self.read_options()
         fixed = options["threshold"]
-        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, (int, float)) or not 0 < fixed < 1):
-            raise TaskError(f"task_options.threshold: {fixed!r} is not allowed; give a number in (0, 1)")
-        require_whole_number(options, "stride", minimum=0, optional=True)
         self.max_width = options["max_span_width"]
         self.types: list[str] = []
         self.threshold: float | dict[str, float] = float(fixed) if fixed is not None else 0.5
@@ -486,7 +479,8 @@ class SpanNerTask(TaskBase):
             [p["candidates"] for p in predictions], gold, self.options["decoding"])
         return metrics
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+    def _summary(self, metrics: dict[str, Any]) -> list[Block]:
+        """Exact and boundary-only scores, the decoding and span counts, and the per-type figures."""
         rows = [["exact span and type (headline)", metrics["precision"], metrics["recall"], metrics["f1"]],
                 ["boundaries only (type ignored)", *[metrics["boundary"][k] for k in ("precision", "recall", "f1")]]]
         threshold = metrics["threshold"]
@@ -500,13 +494,13 @@ class SpanNerTask(TaskBase):
                    metrics["num_gold_too_wide"]]]
         if "loss" in metrics:
             counts.append(["loss", metrics["loss"]])
-        return "\n\n".join([f"## {title}", markdown_table(["scoring", "precision", "recall", "F1"], rows),
-                            markdown_table(["", "value"], counts), "### Per entity type",
-                            per_label_table(metrics["per_type"])])
+        return [table("Scores", ["scoring", "precision", "recall", "F1"], rows),
+                table("Decoding and counts", ["", "value"], counts),
+                per_label_table(metrics["per_type"], "type", "Per entity type")]
 
-    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Sentence-level bootstrap statistics (exact spans, boundaries), per-type table and chart,
-        and the error buckets with examples (nested entities shown nested)."""
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
+        """The summary, sentence-level bootstrap statistics (exact spans, boundaries), the
+        per-type chart, and the error buckets with examples (nested entities shown nested)."""
         gold = [sorted(set(g)) for g in self._split_gold(raw, "data")]
         predicted = [sorted({(s["start"], s["end"], s["label"]) for s in self._entities(p["tokens"], p["candidates"])})
                      for p in predictions]
@@ -516,15 +510,15 @@ class SpanNerTask(TaskBase):
         predicted_bounds = [{s[:2] for s in p} for p in predicted]
         boundary = micro_prf("boundary.", [len(g & p) for g, p in zip(gold_bounds, predicted_bounds)],
                              [len(p) for p in predicted_bounds], [len(g) for g in gold_bounds])
-        return {
-            "headline": [("precision (exact span and type)", "precision"), ("recall (exact span and type)", "recall"),
-                         ("F1 (exact span and type)", "f1"), ("F1 (boundaries only)", "boundary.f1")],
-            "bootstrap": [*exact, *boundary],
-            "resampling_unit": "sentence",
-            "sections": [section("Per entity type", per_label_blocks(metrics["per_type"], "type", "Per entity type",
-                                                                    summarised=True)),
-                         entity_error_section([p["tokens"] for p in predictions], gold, predicted)],
-        }
+        return ReportContent(
+            summary=self._summary(metrics),
+            headline=[("precision (exact span and type)", "precision"), ("recall (exact span and type)", "recall"),
+                      ("F1 (exact span and type)", "f1"), ("F1 (boundaries only)", "boundary.f1")],
+            bootstrap=[*exact, *boundary],
+            resampling_unit="sentence",
+            sections=[Section("Per entity type", [per_label_chart(metrics["per_type"], "Per entity type")]),
+                      entity_error_section([p["tokens"] for p in predictions], gold, predicted)],
+        )
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:
         """Gold spans per entity type in a split, for the model card."""

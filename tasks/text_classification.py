@@ -1,10 +1,10 @@
 """``text-classification``: one text, one label out of any number of classes.
 
 The encoder's first ([CLS]) vector goes through dropout into a linear layer; cross-entropy.
-Task option ``pooling``: ``cls`` (default), ``mean`` (the mask-weighted mean of the token
-vectors, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained with), or
-``pooler`` (the [CLS] vector through the encoder's pretrained dense+tanh pooler, as BERT's own
-classifier and transformers' ``...ForSequenceClassification`` do).
+The ``pooling`` option (``task_options``) takes instead the mask-weighted mean of the token
+vectors (``mean``, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained
+with), or the [CLS] vector through the encoder's pretrained dense+tanh pooler (``pooler``, as
+BERT's own classifier and transformers' ``...ForSequenceClassification`` do).
 Labels may be strings or integers in the files; the label set is taken from the training
 split (integers sorted numerically, strings alphabetically) and saved with the model.
 """
@@ -25,18 +25,27 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from finetune_kit.data import LINE_COLUMN, require_columns, where
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import classification_metrics
-from finetune_kit.report import (
+from finetune_kit.report_content import (
     MAX_EXAMPLES,
-    confusion_blocks,
+    ReportContent,
+    Section,
+    confusion_heatmaps,
     confusion_table,
-    markdown_table,
-    per_label_blocks,
+    per_label_chart,
     per_label_table,
-    section,
     table,
 )
 from finetune_kit.stats import macro_and_weighted_f1, mean_of
-from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings, label_name
+from finetune_kit.task import (
+    ROW_INDEX,
+    DataError,
+    OutputBatch,
+    TaskBase,
+    TaskError,
+    TaskOption,
+    TaskSettings,
+    label_name,
+)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
@@ -84,30 +93,22 @@ class TextClassificationTask(TaskBase):
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     default_metric: ClassVar[str] = "accuracy"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("pooling", "cls", "the text's vector: the first token's, the mean of the tokens', or the "
+                   "first token's through the encoder's pooler", kind="choice", choices=("cls", "mean", "pooler")),
+    )
 
     def __init__(self, settings: TaskSettings) -> None:
-        unknown = set(settings.options) - self.known_options()
-        if unknown:
-            raise TaskError(f"task_options: {', '.join(sorted(unknown))} not known to {self.name} "
-                            f"(known: {', '.join(sorted(self.known_options())) or 'none'})")
         self.settings = settings
-        self._check_pooling()  # a bad option fails now, before any data is read
+        self.options = self.read_options()  # a bad option fails now, before any data is read
         self.labels: list[str] = []
         self.label_to_id: dict[str, int] = {}
         self.tokenizer: Any = None
         self._collator: DataCollatorWithPadding | None = None
 
-    @classmethod
-    def known_options(cls) -> set[str]:
-        return {"pooling"}
-
     @property
     def pooling(self) -> str:
-        return self.settings.options.get("pooling", "cls")
-
-    def _check_pooling(self) -> None:
-        if self.pooling not in ("cls", "mean", "pooler"):
-            raise TaskError(f"task_options.pooling: {self.pooling!r} is not allowed; choose cls, mean or pooler")
+        return self.options["pooling"]
 
     @property
     def uses_pooler(self) -> bool:
@@ -230,40 +231,32 @@ class TextClassificationTask(TaskBase):
         gold = [label_name(v) for v in raw[self.settings.label_column]]
         return classification_metrics(gold, [p["label"] for p in predictions], self.labels)
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        headline = [[k, metrics[k]] for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")
-                    if k in metrics]
-        return "\n\n".join([
-            f"## {title}",
-            markdown_table(["metric", "value"], headline),
-            "### Per label",
-            per_label_table(metrics["per_label"]),
-            "### Confusion matrix (rows: gold, columns: predicted)",
-            confusion_table(metrics["confusion_matrix"]),
-        ])
-
-    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Headline metrics with their per-example statistics for the bootstrap, the per-label
-        table and chart, the confusion matrix, and the errors the model was most sure of."""
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
+        """The main metrics, per-label figures and the confusion matrix as tables; headline
+        metrics with their per-example statistics for the bootstrap; the per-label chart, the
+        confusion matrix as heat maps, and the errors the model was most sure of."""
         gold = [label_name(v) for v in raw[self.settings.label_column]]
         predicted = [p["label"] for p in predictions]
         correct = [g == p for g, p in zip(gold, predicted)]
         statistics = [mean_of("accuracy", correct),
                       *macro_and_weighted_f1([self.label_to_id[g] for g in gold],
                                              [self.label_to_id[p] for p in predicted], len(self.labels))]
-        return {
-            "headline": [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1")],
-            "bootstrap": statistics,
-            "resampling_unit": "example",
-            "sections": [
-                section("Per label", per_label_blocks(metrics["per_label"], summarised=True)),
-                section("Confusion matrix", confusion_blocks(metrics["confusion_matrix"])),
+        main = [[k, metrics[k]] for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "num_examples")
+                if k in metrics]
+        return ReportContent(
+            summary=[table("Metrics", ["metric", "value"], main), per_label_table(metrics["per_label"]),
+                     confusion_table(metrics["confusion_matrix"])],
+            headline=[("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1")],
+            bootstrap=statistics,
+            sections=[
+                Section("Per label", [per_label_chart(metrics["per_label"])]),
+                Section("Confusion matrix", confusion_heatmaps(metrics["confusion_matrix"])),
                 self._confident_errors(predictions, raw, gold, correct),
             ],
-        }
+        )
 
     def _confident_errors(self, predictions: list[dict[str, Any]], raw: Dataset, gold: list[str],
-                          correct: list[bool]) -> dict[str, Any]:
+                          correct: list[bool]) -> Section:
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-predictions[i]["score"], i))
         columns = self.text_columns()
         lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
@@ -271,7 +264,7 @@ class TextClassificationTask(TaskBase):
                  predictions[i]["score"]] for i in wrong[:MAX_EXAMPLES]]
         note = (f"{len(wrong)} of {len(gold)} examples are wrong; these are the {len(rows)} with the highest "
                 f"predicted probability.")
-        return section("Most confident errors", [
+        return Section("Most confident errors", [
             table("Most confident errors", ["line" if lines else "row", *columns, "gold", "predicted", "probability"],
                   rows)], note=note)
 

@@ -5,20 +5,14 @@ decoded from its first subword, so there is exactly one tag per input word and s
 computed on words. Sentences longer than ``max_length`` are cut into overlapping windows of
 whole words, and each word is predicted from the window where it has the most context.
 
-Task options (``-o key=value``):
-- ``crf`` (false): a linear-chain CRF over the words' emissions, trained with its
-  log-likelihood and decoded with Viterbi over the whole sentence, never through a transition
-  the scheme forbids (``--crf`` on the command line).
-- ``subword_labels`` (first): ``first`` trains on each word's first subword only; ``all``
-  also trains the later subwords, with the word's tag turned into I-X (B-X -> I-X).
-- ``scheme`` (auto): IOB2 (BIO), IOB1 (converted to IOB2 on reading), BIOES, BILOU, none
-  (plain labels such as POS tags), or auto: the scheme that admits every tag of the training
-  data (``tagging.detect_scheme``; tags of several schemes are an error naming the first odd
-  line), which every labelled file (validation, test, evaluation) must then be written in.
-  A scheme given explicitly reads every file as that scheme.
-- ``strict_tags`` (false): a tag sequence the scheme forbids in the data (an I-X after O in
-  IOB2) is an error naming the file and line, instead of being read as it is.
-- ``stride`` (a quarter of the window): subword tokens two consecutive windows share.
+The options (``-o key=value``) are declared in ``TokenClassificationTask.task_options``
+(``finetune-kit tasks token-classification`` lists them). With ``crf``, a linear-chain CRF over
+the words' emissions is trained with its log-likelihood and decoded with Viterbi over the whole
+sentence, never through a transition the scheme forbids. ``scheme=auto`` takes the scheme that
+admits every tag of the training data (``tagging.detect_scheme``; tags of several schemes are an
+error naming the first odd line), which every labelled file (validation, test, evaluation) must
+then be written in; IOB1 is converted to IOB2 on reading; a scheme given explicitly reads every
+file as that scheme. Without ``strict_tags``, a sequence the scheme forbids is read as it is.
 """
 
 from __future__ import annotations
@@ -50,13 +44,13 @@ from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import entity_metrics
-from finetune_kit.report import (
-    confusion_blocks,
-    entity_error_section,
-    markdown_table,
-    per_label_blocks,
+from finetune_kit.entity_errors import entity_error_section
+from finetune_kit.report_content import (
+    ReportContent,
+    Section,
+    confusion_heatmaps,
+    per_label_chart,
     per_label_table,
-    section,
     table,
 )
 from finetune_kit.stats import micro_prf, ratio_of
@@ -82,16 +76,12 @@ from finetune_kit.task import (
     OutputBatch,
     TaskBase,
     TaskError,
+    TaskOption,
     TaskSettings,
-    checked_options,
     label_name,
-    require_choice,
-    require_flag,
-    require_whole_number,
 )
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-OPTIONS = {"crf": False, "subword_labels": "first", "scheme": "auto", "strict_tags": False, "stride": None}
 
 
 @dataclass
@@ -161,21 +151,29 @@ class TokenClassificationTask(TaskBase):
     head_modules: ClassVar[tuple[str, ...]] = ("classifier", "crf")
     default_metric: ClassVar[str] = "f1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("crf", False, "a linear-chain CRF over the words' tags, decoded with Viterbi", kind="flag",
+                   shortcut="--crf"),
+        TaskOption("subword_labels", "first", "train on each word's first subword only, or on all of them "
+                   "(B-X -> I-X after the first)", kind="choice", choices=("first", "all")),
+        TaskOption("scheme", "auto", "the tag scheme: auto (detected from the training tags), IOB2 (BIO), IOB1, "
+                   "BIOES, BILOU or none (plain labels)"),
+        TaskOption("strict_tags", False, "a tag sequence the scheme forbids (I-X after O) is an error",
+                   kind="flag"),
+        TaskOption("stride", None, "subwords two consecutive windows share (null: a quarter of the window)",
+                   kind="int", minimum=0, optional=True),
+    )
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
-        options = checked_options(self.name, settings.options, OPTIONS)
-        require_flag(options, "crf")
-        require_flag(options, "strict_tags")
+        self.options = options = self.read_options()
         self.use_crf, self.strict_tags = options["crf"], options["strict_tags"]
-        require_choice(options, "subword_labels", ("first", "all"))
         self.subword_strategy = options["subword_labels"]
         requested = str(options["scheme"])
         try:
             self.requested_scheme = "auto" if requested.lower() == "auto" else scheme_name(requested)
         except TagError as exc:
             raise TaskError(f"task_options.scheme: {exc}") from None
-        require_whole_number(options, "stride", minimum=0, optional=True)
         self.scheme = ""  # the scheme the model tags in (IOB1 data is converted to IOB2)
         self.source_scheme = ""  # the scheme of the training data
         self.labels: list[str] = []
@@ -318,7 +316,7 @@ class TokenClassificationTask(TaskBase):
         tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
         self._prefix, self._suffix = special_tokens_around(tokenizer)
         self._capacity = self.settings.max_length - len(self._prefix) - len(self._suffix)
-        stride = self.settings.options.get("stride")
+        stride = self.options["stride"]
         self._stride = self._capacity // 4 if stride is None else stride
         if self._stride >= self._capacity:
             raise TaskError(f"task_options.stride: {self._stride} is not allowed; it must be smaller than the "
@@ -431,42 +429,25 @@ class TokenClassificationTask(TaskBase):
         gold = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
         return entity_metrics(gold, [p["tags"] for p in predictions], self.scheme)
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        if metrics.get("scheme") == "none":
-            headline = [[k, metrics[k]] for k in ("token_accuracy", "macro_f1", "loss", "num_sentences", "num_tokens")
-                        if k in metrics]
-            return "\n\n".join([f"## {title}", markdown_table(["metric", "value"], headline),
-                                "### Per tag", per_label_table(metrics["per_label"])])
-        default = metrics["default_mode"]
-        rows = [[f"entity, strict {metrics['scheme']} (headline)", metrics["precision"], metrics["recall"],
-                 metrics["f1"]],
-                ["entity, seqeval default (conlleval)", default["precision"], default["recall"], default["f1"]]]
-        counts = [[k.replace("_", " "), metrics[k]] for k in ("token_accuracy", "loss", "num_sentences", "num_tokens",
-                                                              "num_gold_entities", "num_predicted_entities")
-                  if k in metrics]
-        return "\n\n".join([
-            f"## {title}",
-            markdown_table(["scoring", "precision", "recall", "F1"], rows),
-            markdown_table(["metric", "value"], counts),
-            f"### Per entity type (strict {metrics['scheme']})",
-            per_label_table(metrics["per_type"]),
-            "### Per entity type (seqeval default mode)",
-            per_label_table(default["per_type"]),
-        ])
-
-    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Sentence-level bootstrap statistics (strict entities, token accuracy), both scoring
-        modes side by side, per-type tables and charts, and the entity error buckets; for plain
-        labels the per-label figures and the confusion matrix."""
+    def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
+        """Both scoring modes side by side, the counts and the per-type figures of each mode;
+        sentence-level bootstrap statistics (strict entities, token accuracy); per-type charts
+        and the entity error buckets. For plain labels: the per-tag figures and the confusion
+        matrix."""
         gold = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
         predicted = [p["tags"] for p in predictions]
         token_accuracy = ratio_of("token_accuracy", [sum(a == b for a, b in zip(g, p)) for g, p in zip(gold, predicted)],
                                   [len(g) for g in gold])
         if self.scheme == "none":
-            return {"headline": [("token accuracy", "token_accuracy"), ("macro F1", "macro_f1")],
-                    "bootstrap": [token_accuracy], "resampling_unit": "sentence",
-                    "sections": [section("Per tag", per_label_blocks(metrics["per_label"], "tag", "Per tag", summarised=True)),
-                                 section("Confusion matrix", confusion_blocks(metrics["confusion_matrix"]))]}
+            main = [[k, metrics[k]] for k in ("token_accuracy", "macro_f1", "loss", "num_sentences", "num_tokens")
+                    if k in metrics]
+            return ReportContent(
+                summary=[table("Metrics", ["metric", "value"], main),
+                         per_label_table(metrics["per_label"], "tag", "Per tag")],
+                headline=[("token accuracy", "token_accuracy"), ("macro F1", "macro_f1")],
+                bootstrap=[token_accuracy], resampling_unit="sentence",
+                sections=[Section("Per tag", [per_label_chart(metrics["per_label"], "Per tag")]),
+                          Section("Confusion matrix", confusion_heatmaps(metrics["confusion_matrix"]))])
         gold_spans = [spans(g, self.scheme) for g in gold]
         predicted_spans = [spans(p, self.scheme) for p in predicted]
         matched = [len(set(g) & set(p)) for g, p in zip(gold_spans, predicted_spans)]
@@ -476,24 +457,26 @@ class TokenClassificationTask(TaskBase):
             [f"{strict} (headline)", metrics["precision"], metrics["recall"], metrics["f1"]],
             ["seqeval default (conlleval-compatible)", default["precision"], default["recall"], default["f1"]]],
             note=f"Strict mode counts only well-formed {self.scheme} entities; the default mode also reads an "
-                 f"I-X after O as the start of an entity.", summarised=True)
-        return {
-            "headline": [(f"entity precision ({strict})", "precision"), (f"entity recall ({strict})", "recall"),
-                         (f"entity F1 ({strict})", "f1"), ("entity F1 (seqeval default mode)", "default_mode.f1"),
-                         ("token accuracy", "token_accuracy")],
-            "bootstrap": [*micro_prf("", matched, [len(p) for p in predicted_spans], [len(g) for g in gold_spans]),
-                          token_accuracy],
-            "resampling_unit": "sentence",
-            "sections": [
-                section("Scoring modes", [modes]),
-                section(f"Per entity type ({strict})", per_label_blocks(metrics["per_type"], "type",
-                                                                        f"Per entity type ({strict})", summarised=True)),
-                section("Per entity type (seqeval default mode)",
-                        per_label_blocks(default["per_type"], "type", "Per entity type (seqeval default mode)",
-                                         summarised=True)[:1]),
+                 f"I-X after O as the start of an entity.")
+        counts = [[k.replace("_", " "), metrics[k]] for k in ("token_accuracy", "loss", "num_sentences", "num_tokens",
+                                                              "num_gold_entities", "num_predicted_entities")
+                  if k in metrics]
+        return ReportContent(
+            summary=[modes, table("Metrics", ["metric", "value"], counts),
+                     per_label_table(metrics["per_type"], "type", f"Per entity type ({strict})"),
+                     per_label_table(default["per_type"], "type", "Per entity type (seqeval default mode)")],
+            headline=[(f"entity precision ({strict})", "precision"), (f"entity recall ({strict})", "recall"),
+                      (f"entity F1 ({strict})", "f1"), ("entity F1 (seqeval default mode)", "default_mode.f1"),
+                      ("token accuracy", "token_accuracy")],
+            bootstrap=[*micro_prf("", matched, [len(p) for p in predicted_spans], [len(g) for g in gold_spans]),
+                       token_accuracy],
+            resampling_unit="sentence",
+            sections=[
+                Section(f"Per entity type ({strict})", [per_label_chart(metrics["per_type"],
+                                                                        f"Per entity type ({strict})")]),
                 entity_error_section([p["tokens"] for p in predictions], gold_spans, predicted_spans),
             ],
-        }
+        )
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:
         """Entities per type (tags per label for plain labels) in a split, for the model card."""

@@ -225,7 +225,7 @@ def test_mean_pooling_ignores_padding(tiny_encoder, sentiment_files, tmp_path):
 
 
 def test_bad_pooling_option(tiny_encoder, sentiment_files, tmp_path):
-    with pytest.raises(TaskError, match="task_options.pooling: 'max' is not allowed; choose cls, mean or pooler"):
+    with pytest.raises(TaskError, match="task_options.pooling: 'max' is not allowed; choose cls or mean or pooler"):
         _train(tiny_encoder, sentiment_files, tmp_path / "m", task_options={"pooling": "max"})
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 import typing
 from pathlib import Path
@@ -7,7 +8,20 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_kit.cli import app
-from finetune_kit.config import NUMERIC_BOUNDS, ConfigError, TrainConfig, _allowed_types, apply_overrides, load_config
+from finetune_kit.config import (
+    CARD_SETTINGS,
+    COMPARED_SETTINGS,
+    DECLARATION,
+    NUMERIC_BOUNDS,
+    POSITIVE,
+    ConfigError,
+    TrainConfig,
+    _allowed_types,
+    apply_overrides,
+    declared_settings,
+    load_config,
+    setting,
+)
 
 BASE = {"task": "text-classification", "model": "m", "output_dir": "out", "train_file": "t.csv"}
 
@@ -175,3 +189,109 @@ def test_cli_rejects_a_yaml_card_with_a_scalar_for_task_options(tmp_path: Path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: task_options: 5 is not allowed; expected a mapping of option: value"]
+
+
+# -- each setting declared once: type, default and help on its field ------------------------------
+
+def test_every_field_declares_a_one_line_help():
+    settings = declared_settings()
+    assert [s.name for s in settings] == [f.name for f in dataclasses.fields(TrainConfig)]
+    for declared in settings:
+        assert declared.help and "\n" not in declared.help and not declared.help.endswith("."), declared.name
+    names = [name for s in settings for decl in s.options for name in decl.split("/")]
+    assert len(names) == len(set(names))  # no option name given twice
+
+
+@pytest.mark.parametrize(("name", "help_ends"), [
+    ("epochs", "(default: 3)."),
+    ("learning_rate", "(default: 5e-5)."),
+    ("lora_dropout", "(default: 0.1)."),
+    ("mixed_precision", "(default: no)."),
+    ("lora", "(default: off)."),
+    ("group_by_length", "(default: on)."),
+    ("max_steps", "(default: run all epochs)."),  # None: what it means, as declared
+    ("max_length", "(default: the task's, shown by `finetune-kit tasks NAME`)."),
+    ("task", "lists them."),  # required: no default
+    ("task_options", "shortcuts."),
+])
+def test_the_help_shows_the_field_default(name, help_ends):
+    assert {s.name: s for s in declared_settings()}[name].help_text.endswith(help_ends)
+
+
+def test_a_default_change_on_the_field_changes_the_help():
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "batch_size")
+    declared = dataclasses.replace(field.metadata[DECLARATION], name="batch_size", default=16)
+    assert declared.help_text.endswith("(default: 16).")
+
+
+def test_no_help_names_what_a_built_in_task_does():
+    words = ("tagging", "question answering", "QA", "384", "perplexity", "tokens for", "CRF")
+    for declared in declared_settings():
+        assert not [w for w in words if w in declared.help_text], declared.name
+
+
+def test_a_new_field_is_a_new_setting():
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrainConfig):
+        warmup_steps: typing.Optional[int] = setting(None, help="Optimizer steps of linear warm-up",
+                                                     unset="warmup_ratio's", card=True, compared=True,
+                                                     bounds=POSITIVE)
+
+    added = declared_settings(Extended)[-1]
+    assert (added.name, added.value_type, added.default, added.options) == ("warmup_steps", int, None,
+                                                                            ("--warmup-steps",))
+    assert (added.card, added.compared, added.bounds) == (True, True, POSITIVE)
+    assert added.help_text == "Optimizer steps of linear warm-up (default: warmup_ratio's)."
+
+
+# What the model card and compare showed when each kept its own list; a setting leaves either only
+# by a change to its declaration.
+CARD_BEFORE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
+               "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "seed",
+               "mixed_precision", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+               "freeze_embeddings", "train_top_layers", "metric_for_best", "early_stopping_patience", "task_options"}
+COMPARED_BEFORE = {"task", "model", "train_file", "validation_file", "test_file", "epochs", "max_steps", "batch_size",
+                   "gradient_accumulation_steps", "learning_rate", "head_learning_rate", "warmup_ratio",
+                   "weight_decay", "max_length", "seed", "lora", "lora_r", "train_top_layers", "freeze_embeddings",
+                   "mixed_precision", "task_options"}
+
+
+def test_card_and_compare_settings_come_from_the_declarations():
+    assert CARD_SETTINGS == tuple(s.name for s in declared_settings() if s.card)
+    assert COMPARED_SETTINGS == tuple(s.name for s in declared_settings() if s.compared)
+    assert set(CARD_SETTINGS) == CARD_BEFORE
+    assert set(COMPARED_SETTINGS) == COMPARED_BEFORE
+
+
+def every_setting_given() -> dict[str, typing.Any]:
+    """A value, not the empty one, for every setting."""
+    values = {bool: True, int: 2, float: 0.5, str: "x", list: ["query"], dict: {"pooling": "mean"}}
+    return {s.name: values[s.value_type] for s in declared_settings()}
+
+
+def test_the_model_card_lists_the_card_settings(tmp_path: Path):
+    from finetune_kit.model_card import render_model_card
+    from finetune_kit.modeling import Manifest
+
+    config = {**every_setting_given(), "task": "text-classification"}
+    manifest = Manifest(task="text-classification", task_state={}, config=config, base_model="org/encoder",
+                        versions={})
+    card = render_model_card(manifest, [], {"splits": {}}, str(tmp_path / "model"), {}, None)
+    section = card.split("## Hyper-parameters", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert rows[1:] == list(CARD_SETTINGS)  # the first row is the header
+
+
+def test_compare_shows_the_compared_settings(tmp_path: Path):
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"validation": {"accuracy": 0.5}}))
+        (run / "finetune_kit.json").write_text(json.dumps({"task": "text-classification",
+                                                           "config": every_setting_given()}))
+        runs.append(str(run))
+    result = CliRunner().invoke(app, ["compare", "--all-settings", *runs])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("|")[1].strip() for line in result.output.splitlines() if line.startswith("| ")]
+    assert set(rows) - {"", "validation accuracy"} == set(COMPARED_SETTINGS)

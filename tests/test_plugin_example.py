@@ -144,3 +144,26 @@ def test_cli_lists_the_plugin_task(plugin_installed):
     assert "cannot be loaded" not in result.output
     assert "text-classification" in result.output
 
+
+
+def test_the_plugin_refuses_every_option_through_the_core(plugin_installed):
+    from finetune_kit.task import TaskError, TaskSettings
+    from finetune_kit_example_plugin import TextRegressionTask
+
+    assert TextRegressionTask.task_options == ()
+    with pytest.raises(TaskError, match=r"^task_options: pooling not known to text-regression \(it takes no options\)$"):
+        TextRegressionTask(TaskSettings(options={"pooling": "mean"}))
+
+
+def test_cli_describes_the_plugin_task(plugin_installed):
+    from typer.testing import CliRunner
+
+    from finetune_kit.cli import app
+
+    result = CliRunner().invoke(app, ["tasks", "text-regression"])
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert lines[0] == (f"text-regression (provided by {plugin_installed}): Single-text regression ([CLS] vector -> "
+                        f"linear, MSE), e.g. a rating or a score")
+    assert "default metric mse (lower is better)" in lines
+    assert lines[-1] == "It takes no options."

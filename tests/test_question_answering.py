@@ -21,6 +21,7 @@ from finetune_kit.metrics import (
     tune_null_threshold,
 )
 from finetune_kit.modeling import load_tokenizer
+from finetune_kit.report_markdown import blocks_markdown
 from finetune_kit.task import DataError, TaskError
 from finetune_kit.inference import prepare_features
 
@@ -318,10 +319,12 @@ def test_scoring_rules_follow_the_squad_version(tokenizer, tmp_path):
     music = {"id": "n", "question": "what music", "answers": []}
     raw = read_file(squad_file(tmp_path / "mixed.json", None, [where, music]))
     task = make_task(tokenizer, raw)
-    metrics = task.compute_metrics(predict_the_full_stop(task, raw), raw)
+    predictions = predict_the_full_stop(task, raw)
+    metrics = task.compute_metrics(predictions, raw)
     assert (metrics["squad_rules"], metrics["exact_match"], metrics["f1"], metrics["NoAns_total"]) == ("v2.0", 0.5,
                                                                                                        0.5, 1)
-    assert "Scored by the official SQuAD v2.0 rules." in task.write_report(metrics, "test")
+    summary = "\n".join(blocks_markdown(task.report(predictions, raw, metrics).summary, with_plots=False))
+    assert "Scored by the official SQuAD v2.0 rules." in summary
 
 
 def test_is_impossible_must_agree_with_the_answers(tiny_encoder, tmp_path):

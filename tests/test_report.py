@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from finetune_kit.cli import app
 from finetune_kit.report import ReportSettings, split_report, write_evaluation
+from finetune_kit.report_content import report_blocks
+from finetune_kit.report_markdown import summary_markdown
 from finetune_kit.stats import bootstrap, mean_of, micro_prf
 from finetune_kit.task import TaskSettings
 
@@ -94,9 +96,14 @@ def test_classification_report_every_number_by_hand(tmp_path):
     assert part["intervals"]["resamples"] == 300 and part["intervals"]["seed"] == 7
     assert part["intervals"]["confidence"] == 0.95
 
+    summary = {b["title"]: b for b in part["summary"]}
+    assert summary["Metrics"]["rows"] == [["accuracy", approx(4 / 6)], ["macro_f1", approx(59 / 90)],
+                                          ["weighted_f1", approx(61 / 90)], ["num_examples", 6]]
+    assert summary["Per label"]["rows"] == [[k, *map(approx, v)] for k, v in per_label.items()]
+    assert summary["Confusion matrix (rows: gold, columns: predicted)"]["rows"] == [
+        [label, *row] for label, row in zip("abc", confusion)]
     sections = {s["title"]: s["blocks"] for s in part["sections"]}
-    table, bars = sections["Per label"]
-    assert table["rows"] == [[k, *map(approx, v)] for k, v in per_label.items()]
+    (bars,) = sections["Per label"]
     assert bars["categories"] == ["a", "b", "c"] and bars["ylim"] == [0, 1]
     assert bars["series"] == {"precision": approx([1, 0.5, 0.5]), "recall": approx([2 / 3, 0.5, 1]),
                               "F1": approx([0.8, 0.5, 2 / 3])}
@@ -107,7 +114,7 @@ def test_classification_report_every_number_by_hand(tmp_path):
     (errors,) = sections["Most confident errors"]
     assert errors["rows"] == [[5, "text 4", "b", "c", 0.95], [3, "text 2", "a", "b", 0.7]]
 
-    checked = ("/metrics/", "/headline/", "/intervals/", "/sections/")
+    checked = ("/metrics/", "/headline/", "/intervals/", "/summary/", "/sections/")
     for path, _ in numeric_paths(part, ""):
         assert path.startswith(checked), path
     assert report["training"] is None
@@ -218,15 +225,19 @@ def test_token_classification_report_every_number_by_hand(tmp_path):
     assert "low" not in headline["default_mode.f1"]  # no interval computed for the default mode
     assert part["intervals"]["resampling_unit"] == "sentence"
 
-    sections = {s["title"]: s["blocks"] for s in part["sections"]}
-    (modes,) = sections["Scoring modes"]
+    modes, counts, strict_table, default_table = part["summary"]
     assert modes["rows"] == [["strict IOB2 (headline)", 0.4, approx(1 / 3), approx(4 / 11)],
                              ["seqeval default (conlleval-compatible)", 0.5, 0.5, 0.5]]
-    strict_table, strict_bars = sections["Per entity type (strict IOB2)"]
+    assert counts["rows"] == [["token accuracy", approx(8 / 13)], ["num sentences", 3], ["num tokens", 13],
+                              ["num gold entities", 6], ["num predicted entities", 5]]
+    assert strict_table["title"] == "Per entity type (strict IOB2)"
     assert strict_table["rows"] == [["LOC", 0.25, 0.5, approx(1 / 3), 2], ["PER", 1.0, 0.25, 0.4, 4]]
-    assert strict_bars["series"] == {"precision": [0.25, 1.0], "recall": [0.5, 0.25], "F1": [approx(1 / 3), 0.4]}
-    (default_table,) = sections["Per entity type (seqeval default mode)"]
+    assert default_table["title"] == "Per entity type (seqeval default mode)"
     assert default_table["rows"] == [["LOC", 0.25, 0.5, approx(1 / 3), 2], ["PER", 1.0, 0.5, approx(2 / 3), 4]]
+    sections = {s["title"]: s["blocks"] for s in part["sections"]}
+    assert list(sections) == ["Per entity type (strict IOB2)", "Error buckets"]
+    (strict_bars,) = sections["Per entity type (strict IOB2)"]
+    assert strict_bars["series"] == {"precision": [0.25, 1.0], "recall": [0.5, 0.25], "F1": [approx(1 / 3), 0.4]}
     # Buckets: sentence 1 two correct; sentence 2 John LOC for PER (wrong type), New for New York (wrong
     # boundary); sentence 3 today (spurious), Anna and Bob missed. 2 + 1 + 1 + 1 = 5 predicted.
     counts, bucket_bars, examples = sections["Error buckets"]
@@ -245,7 +256,7 @@ def test_token_classification_report_every_number_by_hand(tmp_path):
         ["spurious", 3, "today (LOC)", s3_gold, s3_pred],
     ]
     for path, _ in numeric_paths(part, ""):
-        assert path.startswith(("/metrics/", "/headline/", "/intervals/", "/sections/")), path
+        assert path.startswith(("/metrics/", "/headline/", "/intervals/", "/summary/", "/sections/")), path
     markdown = (tmp_path / "report.md").read_text()
     assert "\\[John\\]PER lives in \\[New York\\]LOC" in markdown
     assert "strict IOB2" in markdown and "seqeval default" in markdown
@@ -362,7 +373,7 @@ def test_html_is_self_contained_with_embedded_plots(tmp_path):
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     report = json.loads((out / "report.json").read_text())
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    charts = [b["plot"] for _, s in _sections(report) for b in s["blocks"] if "plot" in b]
+    charts = [b["plot"] for _, b in report_blocks(report) if "plot" in b]
     assert len(images) == len(charts) == len(plots) and sorted(Path(c).name for c in charts) == plots
     training = {b["title"]: b for b in report["training"]["blocks"]}
     assert training["Training loss"]["series"]["training loss"] == {"x": [1, 2], "y": [2.0, 1.5]}
@@ -370,28 +381,39 @@ def test_html_is_self_contained_with_embedded_plots(tmp_path):
     assert "[</span>John" in page  # entities marked in the sentence
 
 
-def _sections(report):
-    for split, part in report["splits"].items():
-        for s in part["sections"]:
-            yield split, s
-    if report.get("training"):
-        yield "", report["training"]
-
-
-def test_a_task_without_report_sections_gets_its_metrics_as_a_table(tmp_path):
+def test_a_split_without_predictions_is_reported_by_its_metrics(tmp_path):
     class PlainTask:
         name = "plain"
-
-        def write_report(self, metrics, title):
-            return f"## {title}\n\nmse {metrics['mse']}"
 
     metrics = {"mse": 0.25, "detail": {"n": 4}}
     write_evaluation(tmp_path, PlainTask(), {"test": metrics}, {"task": "plain"},
                      settings=ReportSettings(plots=False))
     part = json.loads((tmp_path / "report.json").read_text())["splits"]["test"]
-    assert part["headline"] == [] and part["intervals"] is None
-    assert part["sections"][0]["blocks"][0]["rows"] == [["mse", 0.25], ["detail.n", 4]]
-    assert "mse 0.25" in (tmp_path / "report.md").read_text()
+    assert part["headline"] == [] and part["intervals"] is None and part["sections"] == []
+    assert part["summary"][0]["rows"] == [["mse", 0.25], ["detail.n", 4]]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## test\n\n**All metrics (as in metrics.json)**\n\n| metric | value |" in markdown
+
+
+def test_the_summary_shows_once_first_and_is_what_the_console_prints(tmp_path):
+    task, raw, predictions = classification_case()
+    metrics = task.compute_metrics(predictions, raw)
+    settings = ReportSettings(plots=True, bootstrap_resamples=50)
+    part = split_report(task, predictions, raw, metrics, settings)
+    write_evaluation(tmp_path, task, {"test": metrics}, {"task": "text-classification"}, {"test": part}, None,
+                     settings)
+    titles = ["Metrics", "Per label", "Confusion matrix (rows: gold, columns: predicted)"]
+    assert [b["title"] for b in part["summary"]] == titles
+    markdown = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    for title in titles:
+        assert markdown.count(f"**{title}**") == 1 and page.count(f"<caption>{title}</caption>") == 1, title
+    summary = summary_markdown("test", part)
+    assert summary.startswith("## test\n\n**Metrics**\n\n| metric | value |\n|---|---|\n| accuracy | 0.6667 |")
+    assert "| a | 2 | 1 | 0 |" in summary and "![" not in summary  # tables only: no plot on a console
+    assert markdown.index(summary) < markdown.index("### test: headline metrics")
+    assert page.index("<caption>Metrics</caption>") < page.index("<caption>Headline metrics</caption>")
+    assert page.count("<details><summary>All metrics") == 1  # the summary does not show every metric
 
 
 # -- model card ---------------------------------------------------------------------------------
@@ -430,7 +452,7 @@ def test_model_card_front_matter_parses_and_is_honest(tmp_path):
 
 # -- a real run: train, evaluate, compare ----------------------------------------------------------
 
-def test_train_and_evaluate_write_reports_card_and_compare(tiny_encoder, sentiment_files, tmp_path):
+def test_train_and_evaluate_write_reports_card_and_compare(tiny_encoder, sentiment_files, tmp_path, capsys):
     import finetune_kit as fk
     from finetune_kit.model_card import read_front_matter
 
@@ -438,6 +460,9 @@ def test_train_and_evaluate_write_reports_card_and_compare(tiny_encoder, sentime
     fk.train(task="text-classification", model=tiny_encoder, train_file=str(sentiment_files["train"]),
              validation_file=str(sentiment_files["validation"]), test_file=str(sentiment_files["test"]),
              output_dir=str(out), batch_size=8, max_steps=2, bootstrap_resamples=100)
+    printed = capsys.readouterr().err  # the run's messages go to standard error
+    for split, part in json.loads((out / "report.json").read_text())["splits"].items():
+        assert summary_markdown(split, part) in printed  # each split's summary, after training
     for name in ("report.html", "report.json", "report.md", "metrics.json", "README.md"):
         assert (out / name).is_file(), name
     assert list((out / "plots").glob("*.png"))

@@ -94,9 +94,6 @@ class MinimalMembers:
         right = sum(p["label"] == gold for p, gold in zip(predictions, raw["label"]))
         return {"accuracy": right / len(raw)}
 
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        return f"## {title}\n\naccuracy: {metrics['accuracy']}"
-
 
 class MinimalTask(MinimalMembers, TaskBase):
     """The same members in a TaskBase subclass."""
@@ -205,3 +202,94 @@ def test_evaluation_says_whether_the_task_tuned_its_settings(task_class, calibra
     monkeypatch.setattr(inference, "predict_raw", lambda *args, **kwargs: [{"label": "pos"}])
     metrics, predictions, got = inference.evaluate_raw(None, None, task_class(None), raw, raw, 1, calibrate=calibrate)
     assert (metrics, predictions, got) == ({"accuracy": 1.0}, [{"label": "pos"}], tuned)
+
+
+# -- the report: one method, ``report``; older plugins' ``report_sections`` adapted ---------------------
+
+def _scored_split():
+    raw = Dataset.from_dict({"text": ["good", "bad", "fine", "dull"], "label": ["pos", "neg", "pos", "neg"]})
+    predictions = [{"label": label} for label in ("pos", "pos", "pos", "neg")]
+    return raw, predictions, {"accuracy": 0.75, "detail": {"n": 4}}
+
+
+def test_the_default_report_is_a_table_of_every_metric_shown_once(tmp_path):
+    from finetune_kit.report import ReportSettings, split_report, write_evaluation
+    from finetune_kit.report_content import ReportContent, metrics_table
+
+    task = MinimalTask(None)
+    raw, predictions, metrics = _scored_split()
+    assert task.report(predictions, raw, metrics) == ReportContent(summary=[metrics_table(metrics)])
+    settings = ReportSettings(plots=False, bootstrap_resamples=0)
+    write_evaluation(tmp_path, task, {"test": metrics}, {"task": "minimal"},
+                     {"test": split_report(task, predictions, raw, metrics, settings)}, None, settings)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## test\n\n**All metrics (as in metrics.json)**\n\n| metric | value |" in markdown
+    assert "| accuracy | 0.7500 |\n| detail.n | 4 |" in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("All metrics (as in metrics.json)") == 1 and "<details>" not in page
+
+
+class SectionsPlugin(MinimalMembers):
+    """An older plugin: its report is the dict ``report_sections`` returns, its summary the
+    Markdown of ``write_report``."""
+
+    def write_report(self, metrics: dict[str, Any], title: str) -> str:
+        return f"## {title}\n\naccuracy: {metrics['accuracy']}"
+
+    def report_sections(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> dict:
+        from finetune_kit.report import section, table
+        from finetune_kit.stats import mean_of
+
+        correct = [p["label"] == gold for p, gold in zip(predictions, raw["label"])]
+        wrong = [[i + 1, text] for i, (text, ok) in enumerate(zip(raw["text"], correct)) if not ok]
+        errors = {**table("Errors", ["row", "text"], wrong), "summarised": True}
+        return {"headline": [("accuracy", "accuracy")], "bootstrap": [mean_of("accuracy", correct)],
+                "resampling_unit": "text", "sections": [section("Errors", [errors], note="The wrong ones.")]}
+
+
+class SectionsTask(MinimalTask):
+    """A TaskBase subclass written when TaskBase had ``report_sections``."""
+
+    report_sections = SectionsPlugin.report_sections
+
+
+@pytest.mark.parametrize("plugin", [SectionsPlugin, SectionsTask], ids=["older-plugin", "TaskBase"])
+def test_a_plugin_reporting_through_report_sections_is_adapted(plugin, tmp_path):
+    from finetune_kit.report import ReportSettings, split_report, write_evaluation
+    from finetune_kit.report_content import ReportContent, Section, metrics_table, table
+
+    task_class = registry.as_task_class(plugin)
+    assert issubclass(task_class, TaskBase) and task_class is not plugin
+    raw, predictions, metrics = _scored_split()
+    content = task_class(None).report(predictions, raw, metrics)
+    assert isinstance(content, ReportContent)
+    assert content.summary == [metrics_table(metrics)]
+    assert (content.headline, content.resampling_unit) == ([("accuracy", "accuracy")], "text")
+    assert [m.name for m in content.bootstrap] == ["accuracy"]
+    assert content.sections == [Section("Errors", [table("Errors", ["row", "text"], [[2, "bad"]])], "The wrong ones.")]
+
+    settings = ReportSettings(plots=False, bootstrap_resamples=50)
+    part = split_report(task_class(None), predictions, raw, metrics, settings)
+    assert part["headline"][0]["value"] == 0.75 and part["intervals"]["resampling_unit"] == "text"
+    write_evaluation(tmp_path, task_class(None), {"test": metrics}, {"task": "minimal"}, {"test": part}, None,
+                     settings)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "### test: Errors\n\nThe wrong ones.\n\n**Errors**" in markdown  # no longer left to write_report
+    assert "accuracy: 0.75" not in markdown
+
+
+def test_a_plugin_with_an_empty_report_sections_gets_its_metrics_as_a_table():
+    from finetune_kit.report_content import metrics_content
+
+    class EmptySections(MinimalMembers):
+        def report_sections(self, predictions, raw, metrics):
+            return {}
+
+    raw, predictions, metrics = _scored_split()
+    assert registry.as_task_class(EmptySections)(None).report(predictions, raw, metrics) == metrics_content(metrics)
+
+
+def test_write_report_is_no_longer_part_of_the_contract():
+    assert registry.missing_members(MinimalMembers) == []
+    assert registry.as_task_class(MinimalTask) is MinimalTask  # nothing to adapt
+    assert not hasattr(TaskBase, "write_report") and not hasattr(TaskBase, "report_sections")

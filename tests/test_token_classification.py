@@ -265,7 +265,7 @@ def test_cli_train_with_crf_predict_and_evaluate(tiny_encoder, ner_files, tmp_pa
     assert all(set(line) == {"tokens", "tags", "entities"} for line in lines)
     done = runner.invoke(app, ["evaluate", str(out), "--data", str(ner_files["test"])])
     assert done.exit_code == 0, done.output
-    assert "entity, strict IOB2 (headline)" in done.output and "seqeval default" in done.output
+    assert "| strict IOB2 (headline) |" in done.output and "seqeval default" in done.output
 
 
 def test_cli_bad_conll_line_is_one_line_error(tiny_encoder, ner_files, tmp_path):

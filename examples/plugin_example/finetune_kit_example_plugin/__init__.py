@@ -10,6 +10,7 @@ deviation (saved with the model), and predictions are mapped back to the origina
 Predictions: ``{"score": float}``, one per input, in the target's own units.
 Metrics: ``mse`` (picks the best checkpoint, lower is better), ``mae``, ``pearson`` and
 ``num_examples``, all on the original scale (the ``loss`` the loop adds is on the standardised one).
+The evaluation report is ``TaskBase``'s default: a table of these metrics.
 
 The package imports only ``finetune_kit`` (never the built-in plugins in ``finetune_kit_tasks``),
 and is registered by one entry point in its ``pyproject.toml``::
@@ -33,7 +34,6 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.data import require_columns, where
 from finetune_kit.heads import head_dropout
-from finetune_kit.report import markdown_table
 from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings
 
 __all__ = ["TextRegressionTask", "Regressor"]
@@ -81,10 +81,8 @@ class TextRegressionTask(TaskBase):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mse", "mae"})
 
     def __init__(self, settings: TaskSettings) -> None:
-        if settings.options:
-            raise TaskError(f"task_options: {', '.join(sorted(settings.options))} not known to "
-                            f"{self.name} (it takes no options)")
         self.settings = settings
+        self.read_options()  # it declares no ``task_options``: any ``-o`` is refused, naming it
         self.mean, self.std = 0.0, 1.0  # target standardisation, from the training split
         self.tokenizer: Any = None
         self._collator: DataCollatorWithPadding | None = None
@@ -169,7 +167,3 @@ class TextRegressionTask(TaskBase):
         pearson = float(np.corrcoef(gold, predicted)[0, 1]) if gold.std() > 0 and predicted.std() > 0 else 0.0
         return {"mse": float(np.mean(errors**2)), "mae": float(np.mean(np.abs(errors))),
                 "pearson": pearson, "num_examples": len(gold)}
-
-    def write_report(self, metrics: dict[str, Any], title: str) -> str:
-        rows = [[k, metrics[k]] for k in ("mse", "mae", "pearson", "loss", "num_examples") if k in metrics]
-        return f"## {title}\n\n" + markdown_table(["metric", "value"], rows)
