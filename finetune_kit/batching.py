@@ -1,13 +1,18 @@
 """Batch orders: length-grouped shuffled batches for training, length-sorted chunks for
 evaluation. Both are deterministic functions of (seed, epoch), which exact resume relies on.
-And ``padded``, which collate functions build their tensors with."""
+And the padding that collate functions build their batches with: ``padded`` for any id lists,
+``InputPadder`` for the encoder's inputs (the tokenizer's padding)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
+
+# The encoder inputs a tokenizer makes (``token_type_ids`` only for encoders that have them).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -78,3 +83,21 @@ def padded(rows: Sequence[Sequence[int]], fill: int, width: int | None = None) -
     longest row) with ``fill``."""
     width = max((len(row) for row in rows), default=0) if width is None else width
     return torch.tensor([list(row) + [fill] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+class InputPadder:
+    """Dynamic padding of text features: their ``MODEL_INPUTS`` and the ``extra`` keys (e.g. the
+    labels), padded to the batch's longest feature as the tokenizer pads (side, id); any other
+    key of a feature is left out. A task's ``collate`` can be this, or start from it."""
+
+    def __init__(self, tokenizer: Any, extra: Sequence[str] = ("labels",)) -> None:
+        from transformers import DataCollatorWithPadding
+
+        self.keys = (*MODEL_INPUTS, *extra)
+        self._collator = DataCollatorWithPadding(tokenizer)
+        # The features are token ids already, so the tokenizer's hint to pad while encoding
+        # instead does not apply.
+        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self._collator([{k: f[k] for k in self.keys if k in f} for f in features]))

@@ -86,6 +86,26 @@ class TaskSettings:
     seed: int = 42
 
 
+def text_examples(task_name: str, inputs: Iterable[Any], settings: TaskSettings, pairs: bool = False
+                  ) -> list[dict[str, Any]]:
+    """Raw rows from the inputs of ``Predictor.predict`` for a text task: a dict is a row as it
+    is; a string is the text of a single-text task, a (text, text_pair) pair the two texts of a
+    pair task (``pairs``), each in the run's columns."""
+    rows = []
+    for item in inputs:
+        if isinstance(item, dict):
+            rows.append(dict(item))
+        elif pairs and isinstance(item, (tuple, list)) and len(item) == 2:
+            rows.append({settings.text_column: item[0], settings.text_pair_column: item[1]})
+        elif not pairs and isinstance(item, str):
+            rows.append({settings.text_column: item})
+        elif pairs:
+            raise TaskError(f"{task_name} predicts from (text, text_pair) pairs or dicts, not {item!r:.60}")
+        else:
+            raise TaskError(f"{task_name} predicts from strings or dicts, not {type(item).__name__}")
+    return rows
+
+
 # The key that holds, in each batch ``preprocess`` gets, the index of every raw row in its split;
 # a task copies it into the ``example_index`` of each feature it makes from that row.
 ROW_INDEX = "_index"

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from finetune_kit.alignment import char_span_to_tokens
+from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.data import SQUAD_VERSION_COLUMN, iter_rows, require_columns, where
 from finetune_kit.metrics import (
     answer_scores,
@@ -62,7 +62,6 @@ from finetune_kit.task import (
     TaskSettings,
 )
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
 LENGTH_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 10**9, "11+"))
 CONTEXT_CHARS = 150  # context shown on each side of the answers of a wrong-answer example
@@ -225,8 +224,7 @@ class QuestionAnsweringTask(TaskBase):
                             f"{self.settings.max_length} minus max_query_length {self.options['max_query_length']} "
                             f"minus {specials} special tokens)")
         self.tokenizer = tokenizer
-        self._collator = DataCollatorWithPadding(tokenizer)
-        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+        self._collator = InputPadder(tokenizer, extra=("start_positions", "end_positions"))
         self._cls_id = tokenizer.cls_token_id
 
     def state(self) -> dict[str, Any]:
@@ -293,8 +291,7 @@ class QuestionAnsweringTask(TaskBase):
         return out
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        items = [{k: f[k] for k in (*MODEL_INPUTS, "start_positions", "end_positions") if k in f} for f in features]
-        return dict(self._collator(items))
+        return self._collator(features)
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Dicts with a question and a context (and optionally an id), or (question, context) pairs."""

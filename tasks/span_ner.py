@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import DataCollatorWithPadding
 from transformers.utils import ModelOutput
 
 from finetune_kit.alignment import (
@@ -42,7 +41,7 @@ from finetune_kit.alignment import (
     window_inputs,
     word_pieces,
 )
-from finetune_kit.batching import padded
+from finetune_kit.batching import InputPadder, padded
 from finetune_kit.data import iter_rows, place_of, require_columns, token_place, where, where_token
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import span_metrics
@@ -61,7 +60,6 @@ from finetune_kit.task import (
     TaskSettings,
 )
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 NULL = "NULL"
 MIN_PROBABILITY = 0.05  # spans below this are never entities: the lowest threshold tried
 
@@ -326,8 +324,7 @@ class SpanNerTask(TaskBase):
 
     def _set_tokenizer(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._collator = DataCollatorWithPadding(tokenizer)
-        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+        self._collator = InputPadder(tokenizer, extra=())
         self._prefix, self._suffix = special_tokens_around(tokenizer)
         self._capacity = self.settings.max_length - len(self._prefix) - len(self._suffix)
         stride = self.options["stride"]
@@ -401,8 +398,7 @@ class SpanNerTask(TaskBase):
         return out
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        items = [{k: f[k] for k in MODEL_INPUTS if k in f} for f in features]
-        batch = dict(self._collator(items))
+        batch = self._collator(features)
         batch["word_positions"] = padded([f["word_positions"] for f in features], -1)
         batch["subword_words"] = padded([f["subword_words"] for f in features], -1, width=batch["input_ids"].size(1))
         if "span_labels" in features[0]:

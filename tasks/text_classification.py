@@ -1,4 +1,8 @@
-"""``text-classification``: one text, one label out of any number of classes.
+"""``text-classification``: one text, one label out of any number of classes; and
+``pair-classification``: the same for two texts encoded as one sequence, ``first [SEP] second``
+(natural language inference, paraphrase detection, question-answer matching). Token type ids
+mark the two segments where the encoder has them; when a pair is longer than ``max_length`` the
+longer text is truncated first.
 
 The encoder's first ([CLS]) vector goes through dropout into a linear layer; cross-entropy.
 The ``pooling`` option (``task_options``) takes instead the mask-weighted mean of the token
@@ -19,9 +23,9 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.data import LINE_COLUMN, require_columns, where
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import classification_metrics
@@ -45,9 +49,9 @@ from finetune_kit.task import (
     TaskOption,
     TaskSettings,
     label_name,
+    text_examples,
 )
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
 
 
@@ -104,7 +108,7 @@ class TextClassificationTask(TaskBase):
         self.labels: list[str] = []
         self.label_to_id: dict[str, int] = {}
         self.tokenizer: Any = None
-        self._collator: DataCollatorWithPadding | None = None
+        self._collator: InputPadder | None = None
 
     @property
     def pooling(self) -> str:
@@ -169,10 +173,7 @@ class TextClassificationTask(TaskBase):
 
     def _set_tokenizer(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._collator = DataCollatorWithPadding(tokenizer)
-        # Padding lists that are already token ids is what we want; the hint about calling the
-        # tokenizer directly does not apply.
-        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+        self._collator = InputPadder(tokenizer)
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.labels}
@@ -202,19 +203,10 @@ class TextClassificationTask(TaskBase):
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         assert self._collator is not None, "setup() or load_state() first"
-        items = [{k: f[k] for k in (*MODEL_INPUTS, "labels") if k in f} for f in features]
-        return dict(self._collator(items))
+        return self._collator(features)
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
-        rows = []
-        for item in inputs:
-            if isinstance(item, str):
-                rows.append({self.settings.text_column: item})
-            elif isinstance(item, dict):
-                rows.append(dict(item))
-            else:
-                raise TaskError(f"{self.name} predicts from strings or dicts, not {type(item).__name__}")
-        return rows
+        return text_examples(self.name, inputs, self.settings)
 
     # -- outputs -----------------------------------------------------------------------------
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
@@ -273,3 +265,22 @@ class TextClassificationTask(TaskBase):
         counts = Counter(label_name(v) for v in raw[self.settings.label_column])
         return {label: counts[label] for label in sorted(counts, key=lambda x: (x not in self.label_to_id,
                                                                                 self.label_to_id.get(x, 0), x))}
+
+
+class PairClassificationTask(TextClassificationTask):
+    name: ClassVar[str] = "pair-classification"
+    description: ClassVar[str] = "Sentence-pair classification (first [SEP] second), e.g. NLI entailment, paraphrase"
+
+    def text_columns(self) -> list[str]:
+        return [self.settings.text_column, self.settings.text_pair_column]
+
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        return self.tokenizer(
+            batch[self.settings.text_column],
+            batch[self.settings.text_pair_column],
+            truncation="longest_first",
+            max_length=self.settings.max_length,
+        )
+
+    def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
+        return text_examples(self.name, inputs, self.settings, pairs=True)

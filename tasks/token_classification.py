@@ -39,7 +39,7 @@ from finetune_kit.alignment import (
     window_inputs,
     word_pieces,
 )
-from finetune_kit.batching import padded
+from finetune_kit.batching import MODEL_INPUTS, padded
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
 from finetune_kit.heads import head_dropout
@@ -80,8 +80,6 @@ from finetune_kit.task import (
     TaskSettings,
     label_name,
 )
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass

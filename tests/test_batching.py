@@ -62,3 +62,19 @@ def test_padded_fills_rows_to_the_longest_or_a_given_width():
     assert padded([[1, 2, 3], [4]], -1).tolist() == [[1, 2, 3], [4, -1, -1]]
     assert padded([[5], []], 0, width=3).tolist() == [[5, 0, 0], [0, 0, 0]]
     assert padded([[7, 8]], -100).dtype == torch.long
+
+
+def test_input_padder_pads_model_inputs_and_extras_and_drops_the_rest(tiny_encoder):
+    from transformers import AutoTokenizer
+
+    from finetune_kit.batching import InputPadder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    features = [{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": 1, "example_index": 0},
+                {"input_ids": [101, 102], "attention_mask": [1, 1], "labels": 0, "example_index": 1}]
+    batch = InputPadder(tokenizer)(features)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+    assert "labels" not in InputPadder(tokenizer, extra=())(features)

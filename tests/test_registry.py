@@ -10,7 +10,7 @@ def test_builtin_tasks_are_registered_through_entry_points():
     names = registry.available_tasks()
     assert {"text-classification", "pair-classification", "token-classification"} <= set(names)
     cls = registry.get_task_class("pair-classification")
-    assert cls.__module__ == "finetune_kit_tasks.pair_classification"
+    assert cls.__module__ == "finetune_kit_tasks.text_classification"
     assert registry.task_origin("text-classification") == "finetune-kit"
 
 

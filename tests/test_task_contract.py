@@ -293,3 +293,17 @@ def test_write_report_is_no_longer_part_of_the_contract():
     assert registry.missing_members(MinimalMembers) == []
     assert registry.as_task_class(MinimalTask) is MinimalTask  # nothing to adapt
     assert not hasattr(TaskBase, "write_report") and not hasattr(TaskBase, "report_sections")
+
+
+def test_text_examples_reads_strings_pairs_and_dicts_into_the_runs_columns():
+    from finetune_kit.task import TaskError, TaskSettings, text_examples
+
+    settings = TaskSettings(text_column="review", text_pair_column="answer")
+    assert text_examples("t", ["good", {"review": "bad", "x": 1}], settings) == [{"review": "good"},
+                                                                                 {"review": "bad", "x": 1}]
+    assert text_examples("p", [("a", "b"), ["c", "d"]], settings, pairs=True) == [
+        {"review": "a", "answer": "b"}, {"review": "c", "answer": "d"}]
+    with pytest.raises(TaskError, match="^t predicts from strings or dicts, not int$"):
+        text_examples("t", [3], settings)
+    with pytest.raises(TaskError, match=r"^p predicts from \(text, text_pair\) pairs or dicts, not 'solo'$"):
+        text_examples("p", ["solo"], settings, pairs=True)

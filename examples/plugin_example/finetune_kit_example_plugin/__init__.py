@@ -29,17 +29,14 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.data import require_columns, where
 from finetune_kit.heads import head_dropout
-from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings
+from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings, text_examples
 
 __all__ = ["TextRegressionTask", "Regressor"]
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 def to_number(value: Any) -> float | None:
     """The finite float a target cell holds ("3.5" in CSV, 3.5 in JSON), or None if it holds none."""
@@ -85,7 +82,7 @@ class TextRegressionTask(TaskBase):
         self.read_options()  # it declares no ``task_options``: any ``-o`` is refused, naming it
         self.mean, self.std = 0.0, 1.0  # target standardisation, from the training split
         self.tokenizer: Any = None
-        self._collator: DataCollatorWithPadding | None = None
+        self._collator: InputPadder | None = None
 
     # -- setup, validation and saved state ------------------------------------------------------
     def setup(self, raw: DatasetDict, tokenizer: Any, sources: dict[str, str]) -> None:
@@ -120,7 +117,7 @@ class TextRegressionTask(TaskBase):
 
     def _set_tokenizer(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._collator = DataCollatorWithPadding(tokenizer)
+        self._collator = InputPadder(tokenizer)
 
     # -- model and features -------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
@@ -137,19 +134,10 @@ class TextRegressionTask(TaskBase):
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         assert self._collator is not None, "setup() or load_state() first"
-        items = [{k: f[k] for k in (*MODEL_INPUTS, "labels") if k in f} for f in features]
-        return dict(self._collator(items))
+        return self._collator(features)
 
     def to_examples(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
-        rows = []
-        for item in inputs:
-            if isinstance(item, str):
-                rows.append({self.settings.text_column: item})
-            elif isinstance(item, dict):
-                rows.append(dict(item))
-            else:
-                raise TaskError(f"{self.name} predicts from strings or dicts, not {type(item).__name__}")
-        return rows
+        return text_examples(self.name, inputs, self.settings)
 
     # -- outputs ------------------------------------------------------------------------------
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
