@@ -34,9 +34,11 @@ from .modeling import (
     package_versions,
     position_limit,
     read_manifest,
+    resolve_model_dir,
     save_model_dir,
     write_manifest,
 )
+from .hub import evaluation_dir
 from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
 from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings
@@ -46,6 +48,7 @@ from .report_markdown import summary_markdown
 from .task import Task, TaskError
 from .accelerator import new_accelerator
 from .inference import evaluate_raw, predict_raw, prepare_features
+from .trackers import accelerator_settings, check_trackers_installed, log_evaluation, start_tracking, tracking
 from .trainer import Trainer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -152,12 +155,15 @@ def train(config: TrainConfig | str | Path | None = None, overrides: list[str] |
 def run_training(config: TrainConfig) -> TrainResult:
     from .console import message_console
 
+    check_trackers_installed(config)
     accelerator = new_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
+        **accelerator_settings(config),
     )
     console = message_console(stderr=True, quiet=not accelerator.is_main_process)
-    with locked_output_dir(Path(config.output_dir), enabled=accelerator.is_main_process):
+    with locked_output_dir(Path(config.output_dir), enabled=accelerator.is_main_process), \
+            tracking(accelerator, config):
         return _run_training_locked(config, accelerator, console)
 
 
@@ -215,7 +221,11 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
 
     trainer = Trainer(config, task, model, features["train"], accelerator, evaluate_validation, save_best,
                       output_dir / "train_log.jsonl", resume_from=resume_from, data_fingerprints=fingerprints)
+    start_tracking(accelerator, config, resumed_step=trainer.resumed["step"] if trainer.resumed else 0)
     before = evaluate_before_training(accelerator, trainer.model, task, raw, features, config.eval_batch_size)
+    if trainer.resumed is None:  # a resumed run's were logged by the run it continues
+        for split, split_metrics in before.items():
+            log_evaluation(accelerator, split, split_metrics, step=0)
     state = trainer.train()
 
     # Final figures come from the weights as saved, so they are what load() will reproduce.
@@ -237,6 +247,8 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
             if accelerator.is_main_process:  # from this split's predictions, before they are dropped
                 split_reports[split] = split_report(task, predictions, raw[split], metrics[split], report_settings)
             del predictions
+    if "test" in metrics:  # scored once, with the best weights, at the run's last step
+        log_evaluation(accelerator, "test", metrics["test"], state.global_step)
     if state_tuned:  # the tuned settings go with the weights
         manifest.task_state = task.state()
         if accelerator.is_main_process:
@@ -415,9 +427,11 @@ def export_encoder(model_dir: str | Path, output_dir: str | Path, trust_remote_c
 
 def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
          **column_overrides: str | None) -> Predictor:
-    """Load a model directory written by ``train``; ``trust_remote_code`` lets Python code shipped
-    in it run (a model trained with --trust-remote-code needs it again here)."""
-    return Predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
+    """Load a model directory written by ``train``, or the Hub id of one (downloaded, or read from
+    the local cache offline); ``trust_remote_code`` lets Python code shipped in it run (a model
+    trained with --trust-remote-code needs it again here)."""
+    return Predictor(resolve_model_dir(model_dir), batch_size=batch_size, trust_remote_code=trust_remote_code,
+                     **column_overrides)
 
 
 def evaluate(
@@ -425,9 +439,10 @@ def evaluate(
     batch_size: int = 64, plots: bool = True, bootstrap_resamples: int = ReportSettings.bootstrap_resamples,
     seed: int | None = None, trust_remote_code: bool = False, **column_overrides: str | None,
 ) -> dict[str, Any]:
-    """Evaluate a saved model on a labelled file; writes the report (metrics.json, report.json,
-    report.md, report.html, plots/) to ``output`` (default: ``MODEL_DIR/evaluation/<file name>``)
-    and returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
+    """Evaluate a saved model (a directory, or the Hub id of one) on a labelled file; writes the
+    report (metrics.json, report.json, report.md, report.html, plots/) to ``output`` (default:
+    ``MODEL_DIR/evaluation/<file name>``; for a Hub id ``evaluation/ORG--NAME/<file name>``) and
+    returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
     bootstrap's seed is the training run's unless ``seed`` is given."""
     predictor = load(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
     raw = predictor.read_file(data, file_format)
@@ -437,9 +452,9 @@ def evaluate(
     settings = ReportSettings(plots=plots, bootstrap_resamples=bootstrap_resamples, seed=seed)
     name = Path(data).stem
     splits = {name: split_report(predictor.task, predictions, raw, metrics, settings)}
-    out = Path(output) if output else Path(model_dir) / "evaluation" / name
+    out = Path(output) if output else evaluation_dir(model_dir, name)
     header = {"task": predictor.manifest.task, "base_model": predictor.manifest.base_model,
               "model_directory": str(model_dir), "data": str(data)}
-    write_evaluation(out, predictor.task, {name: metrics}, header, splits, Path(model_dir) / "train_log.jsonl",
+    write_evaluation(out, predictor.task, {name: metrics}, header, splits, predictor.model_dir / "train_log.jsonl",
                      settings)
     return metrics

@@ -46,6 +46,7 @@ _PARTIAL_PREFIXES = (".saving-", ".replaced-")
 FREE_ON_RESUME = frozenset({
     "output_dir", "overwrite", "resume", "resume_from", "resume_anyway", "save_steps", "save_total_limit",
     "logging_steps", "test_file", "test_split", "trust_remote_code", "report_plots", "bootstrap_resamples",
+    "report_to",
 })
 
 

@@ -1,4 +1,4 @@
-"""The ``finetune-kit`` command line: train, evaluate, compare, predict, embed, export, tasks, demo.
+"""The ``finetune-kit`` command line: train, evaluate, compare, predict, embed, export, push, tasks, demo.
 
 Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 """
@@ -33,10 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .hub import HubUnreachableError
     from .files import OutputWriteError
     from .modeling import ModelDirError
+    from .push import PushError
     from .task import DataError, TaskError
 
     return (AdapterError, ConfigError, DataError, EmbeddingError, TaskError, HubUnreachableError, ModelDirError,
-            OutputDirError, OutputWriteError)
+            OutputDirError, OutputWriteError, PushError)
 
 
 def _fail(message: str) -> None:
@@ -113,9 +114,11 @@ def train(
 
 @app.command()
 def evaluate(
-    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="A model directory written by `finetune-kit train`, or the Hub id of one."),
     data: Path = typer.Option(..., "--data", help="Labelled file to evaluate on (.csv, .tsv, .jsonl, .conll)."),
-    output: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL_DIR/evaluation/<file name>)."),
+    output: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL_DIR/evaluation/<file name>; "
+                                          "for a Hub id evaluation/ORG--NAME/<file name>)."),
     file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
@@ -130,11 +133,12 @@ def evaluate(
     browser), report.md, report.json, metrics.json and plots/."""
     from .api import evaluate as run_evaluate
     from .files import check_output_directory
+    from .hub import evaluation_dir
 
     _quiet_libraries()
     if bootstrap_resamples < 0:
         _fail(f"--bootstrap-resamples: {bootstrap_resamples} is not allowed; it must be >= 0")
-    out = output or model_dir / "evaluation" / data.stem
+    out = output or evaluation_dir(model_dir, data.stem)
     _check_output(check_output_directory, out, "--output" if output else "the report directory")
     _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size, plots=plots,
          bootstrap_resamples=bootstrap_resamples, seed=seed, trust_remote_code=trust_remote_code,
@@ -170,7 +174,8 @@ def compare(
 
 @app.command()
 def predict(
-    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A model directory written by `finetune-kit train`."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="A model directory written by `finetune-kit train`, or the Hub id of one."),
     input_file: Path = typer.Option(
         ..., "--input", help="File to predict for (.csv, .tsv, .jsonl, .conll); labels are ignored."),
     output: Path = typer.Option(..., "--output", help="Output file: JSON Lines, one line per input in input order "
@@ -284,6 +289,26 @@ def export(
         return
     written = _run(run_export, model_dir, output, merge=merge, trust_remote_code=trust_remote_code)
     typer.echo(f"Model written to {written}")
+
+
+@app.command()
+def push(
+    model_dir: Path = typer.Argument(..., metavar="DIR", help="A model directory written by `finetune-kit train`."),
+    repo_id: str = typer.Option(..., "--repo-id", help="The Hub model repository: NAME or ORGANISATION/NAME; "
+                                "created if it does not exist."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private (an existing one keeps "
+                                 "its visibility)."),
+    revision: Optional[str] = typer.Option(None, help="Branch to commit to (created if needed; default: main)."),
+    commit_message: Optional[str] = typer.Option(None, help="The commit's message."),
+) -> None:
+    """Upload a model directory with its card (README.md) and report to the Hugging Face Hub: the
+    model, tokenizer, finetune_kit.json, card, report, plots and training log; not checkpoints/
+    nor evaluation/. The token comes from HF_TOKEN or `hf auth login`."""
+    from .push import push as run_push
+    from .push import upload_files
+
+    url = _run(run_push, model_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    typer.echo(f"{len(upload_files(model_dir))} files pushed to {repo_id}: {url}")
 
 
 @app.command("tasks")

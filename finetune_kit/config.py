@@ -21,6 +21,8 @@ import yaml
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 FORMATS = ("csv", "tsv", "jsonl", "json", "conll", "text")
+# The experiment trackers a run can report to (report_to), through Accelerate.
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
 
 # The default of a setting that the task decides when the run leaves it unset.
 TASK_DEFAULT = "the task's, shown by `finetune-kit tasks NAME`"
@@ -226,6 +228,10 @@ class TrainConfig:
         False, help="Resume even when the training or validation data differ from the data the checkpoint was "
                     "trained on (a warning instead of an error)", option="--resume-anyway")
     logging_steps: int = setting(20, help="Log the training loss every N optimizer steps", bounds=POSITIVE)
+    report_to: list[str] | None = setting(
+        None, help="Experiment trackers that receive the run's settings, training loss, learning rate, tokens/s and "
+                   "evaluation metrics: any of tensorboard, mlflow, trackio, wandb (comma-separated on the command "
+                   "line, e.g. tensorboard,mlflow), or none", metavar="NAMES", unset="none")
     overwrite: bool = setting(False, help="Replace a model already in the output directory (otherwise that is an "
                                           "error)", option="--overwrite")
     trust_remote_code: bool = setting(False, help="Allow model code from the Hub repository to run (only for "
@@ -300,6 +306,7 @@ def validate(config: TrainConfig) -> None:
             not config.lora_target_modules or not all(isinstance(m, str) and m for m in config.lora_target_modules)):
         raise ConfigError(f"lora_target_modules: {config.lora_target_modules!r} is not allowed; "
                           "expected a non-empty list of module names")
+    _check_report_to(config.report_to)
     if config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(
             f"mixed_precision: {config.mixed_precision!r} is not allowed; choose one of "
@@ -313,6 +320,20 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"max_length: {config.max_length!r} is too small; use at least 8")
     if config.train_file is None and config.dataset is None:
         raise ConfigError("train_file: missing; give a training file or a hub dataset name (dataset)")
+
+
+def _check_report_to(names: list[str] | None) -> None:
+    """Tracker names, or none alone."""
+    allowed = f"choose from {', '.join(TRACKERS)} (comma-separated), or none"
+    if names is None or names == ["none"]:
+        return
+    if not names:
+        raise ConfigError(f"report_to: {names!r} is not allowed; {allowed}")
+    if "none" in names:
+        raise ConfigError(f"report_to: {','.join(names)} is not allowed; none stands alone, it reports to no tracker")
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to: {name!r} is not a tracker; {allowed}")
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:
@@ -361,12 +382,18 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{key}: unknown setting{hint}")
     values = {key: _coerce_number(value, _field_types()[key]) for key, value in values.items()}
-    if isinstance(values.get("lora_target_modules"), str):  # "query,value" from YAML or key=value
-        values["lora_target_modules"] = [m.strip() for m in values["lora_target_modules"].split(",") if m.strip()]
+    for name in _list_settings():  # "query,value" from YAML or key=value
+        if isinstance(values.get(name), str):
+            values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
     for required in ("task", "model", "output_dir"):
         if values.get(required) in (None, ""):
             raise ConfigError(f"{required}: missing; it is required")
     return TrainConfig(**values)
+
+
+def _list_settings() -> list[str]:
+    """The settings whose value is a list, which YAML and key=value may give comma-separated."""
+    return [s.name for s in declared_settings() if s.value_type is list]
 
 
 def _coerce_number(value: Any, hint: Any) -> Any:

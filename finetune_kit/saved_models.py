@@ -75,10 +75,11 @@ def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_p
     model = saved_task_model(model_dir, manifest, task, trust_remote_code)
     if is_peft_model(model):
         model = merge_adapter(model)
-    encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
-    if keep_pooler and getattr(encoder, "pooler", None) is None:
-        raise ModelDirError(f"{model_dir}: its encoder was saved without a pooler layer; use a pooling that "
-                            f"reads the token vectors (cls or mean)")
+    # the first transformers model: a transformers task model (its base model is the encoder), or
+    # the encoder inside a finetune-kit head
+    encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel)).base_model
+    # an encoder saved without its pooler comes without one even when asked for: the next task's
+    # head decides (``pooling=pooler`` refuses it; a transformers head that reads one makes a new one)
     return encoder if keep_pooler else drop_pooler(encoder)
 
 

@@ -37,6 +37,7 @@ from .config import ConfigError, TrainConfig
 from .files import atomic_write_text
 from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
+from .trackers import log_evaluation, log_scalars
 
 def head_learning_rate(config: TrainConfig, task: Task) -> float | None:
     """The learning rate of the task's head modules: the run's ``head_learning_rate``, else the
@@ -223,6 +224,17 @@ class Trainer:
             return True
         return value > best if self.greater_is_better else value < best
 
+    def _log_training(self, elapsed: float) -> None:
+        """Log the mean loss since the last logging step, the learning rate and the throughput,
+        to the training log and the run's trackers (``train/...``)."""
+        state = self.state
+        figures = {"loss": self.running_loss / self.running_batches, "learning_rate": self.scheduler.get_last_lr()[0],
+                   "tokens_per_s": state.train_tokens / max(elapsed, 1e-9)}
+        self.log.write({"event": "train", "step": state.global_step, "epoch": round(state.epoch, 4), **figures,
+                        "elapsed_s": elapsed})
+        log_scalars(self.accelerator, "train", {**figures, "epoch": state.epoch}, state.global_step)
+        self.running_loss, self.running_batches = 0.0, 0
+
     def _evaluate(self) -> bool:
         """Evaluate, keep the best weights, and say whether to stop early."""
         if self.evaluate_split is None:
@@ -235,6 +247,7 @@ class Trainer:
         record = {"event": "evaluate", "step": self.state.global_step, "epoch": round(self.state.epoch, 4),
                   "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self.log.write(record)
+        log_evaluation(self.accelerator, "validation", record["metrics"], self.state.global_step)
         self.state.history.append(record)
         if self._improved(value):
             self.state.best_metric = float(value)
@@ -337,12 +350,7 @@ class Trainer:
                 progress.set_postfix(loss=f"{self.running_loss / self.running_batches:.4f}",
                                      tok_s=f"{state.train_tokens / max(elapsed, 1e-9):.0f}")
                 if state.global_step % config.logging_steps == 0 or state.global_step == self.total_steps:
-                    self.log.write({"event": "train", "step": state.global_step, "epoch": round(state.epoch, 4),
-                                    "loss": self.running_loss / self.running_batches,
-                                    "learning_rate": self.scheduler.get_last_lr()[0],
-                                    "tokens_per_s": state.train_tokens / max(elapsed, 1e-9),
-                                    "elapsed_s": elapsed})
-                    self.running_loss, self.running_batches = 0.0, 0
+                    self._log_training(elapsed)
                 if config.eval_steps and state.global_step % config.eval_steps == 0:
                     with self._clock_paused():
                         stop = self._evaluate()

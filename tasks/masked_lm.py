@@ -10,11 +10,19 @@ the run's seed, the epoch and the sequence, so that a resumed or multi-process r
 exactly the masks of an uninterrupted one; evaluation masks do not depend on the epoch, so the
 encoder before training and after it are scored on the very same masked tokens.
 
-The head is BERT's prediction head (dense, activation, LayerNorm, then the input embeddings,
-tied, plus a bias), initialised from the checkpoint's own head when it has a BERT- or
-RoBERTa-style one. With ``-o sbo=true`` (span masking), SpanBERT's span boundary objective adds
-a 2-layer FFNN that predicts each masked token from the vectors just outside its span and a
-position embedding; its loss is added to the MLM loss.
+The head is, by default (``head=transformers``), the architecture's own transformers MLM head
+(``AutoModelForMaskedLM``: BERT's ``cls``, RoBERTa's ``lm_head``...; its decoder tied to the input
+embeddings): the output directory loads with ``AutoModelForMaskedLM.from_pretrained``, and
+transformers' fill-mask pipeline gives the candidates ``predict`` gives. ``head=finetune-kit`` is
+the earlier head, BERT's prediction head in finetune-kit's naming (``lm_head``: dense,
+activation, LayerNorm, then the tied input embeddings plus a bias); models saved before the
+option existed load with it. Either starts from the checkpoint's own MLM head when it has a BERT-
+or RoBERTa-style one. Both compute vocabulary scores only at the predicted positions in training
+and evaluation (the transformers head's own forward would score every position: batch x length x
+vocabulary floats), see ``score_predicted_positions_only``. With ``-o sbo=true`` (span masking),
+SpanBERT's span boundary objective adds a 2-layer FFNN that predicts each masked token from the
+vectors just outside its span and a position embedding; its loss is added to the MLM loss. It
+lives beside finetune-kit's head, so ``sbo=true`` implies ``head=finetune-kit``.
 
 The output directory is accepted by every task as ``--model`` (its encoder is taken out of it).
 ``predict`` fills in the ``[MASK]`` tokens of its inputs with the top candidates.
@@ -25,8 +33,10 @@ tasks masked-lm`` lists them).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
+import types
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -39,11 +49,13 @@ import torch
 from datasets import Dataset, DatasetDict
 from safetensors import safe_open
 from torch import nn
+from transformers import AutoModelForMaskedLM
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from finetune_kit.batching import padded
 from finetune_kit.data import LINE_COLUMN, place_of, require_columns, where
+from finetune_kit.heads import head_module_names, transformers_model
 from finetune_kit.masking import (
     IGNORE_INDEX,
     NOT_A_WORD,
@@ -81,6 +93,8 @@ TRAIN, SCORE, FILL = 0, 1, 2
 WORD_CHARACTER = re.compile(r"[^\W_]")
 # Learning rate of a head that starts from random weights (the checkpoint has none).
 NEW_HEAD_LEARNING_RATE = 5e-4
+# The MLM heads (``-o head=``): the architecture's own transformers head, or finetune-kit's.
+TRANSFORMERS_HEAD, OWN_HEAD = "transformers", "finetune-kit"
 
 
 @dataclass
@@ -156,6 +170,31 @@ def encoder_attribute(encoder: nn.Module) -> str:
     return prefix if prefix.isidentifier() and prefix not in ("lm_head", "span_boundary", "top_k") else "encoder"
 
 
+def masked_lm_output(scores_at: Any, labels: torch.Tensor) -> MaskedLMOutput:
+    """Loss, and per-token loss and correctness, over the predicted positions (labels other than
+    IGNORE_INDEX); ``scores_at(predicted)`` gives the (n, vocabulary) scores at those positions."""
+    predicted = labels != IGNORE_INDEX
+    targets = labels[predicted]
+    logits = scores_at(predicted).float()
+    token_loss = nn.functional.cross_entropy(logits, targets, reduction="none")
+    # A batch without a predicted token still needs a loss that touches the heads.
+    loss = token_loss.mean() if len(targets) else logits.sum() * 0.0
+    return MaskedLMOutput(loss=loss, token_loss=scatter(token_loss.detach(), predicted),
+                          token_correct=scatter((logits.argmax(-1) == targets).detach(), predicted),
+                          token_predicted=predicted.float())
+
+
+def fill_output(scores_at: Any, masks: torch.Tensor, top_k: int) -> MaskedLMOutput:
+    """The top-k candidates, with their probabilities, at every [MASK] position."""
+    probabilities = scores_at(masks).float().softmax(-1)
+    k = min(top_k, probabilities.shape[-1])
+    top = probabilities.topk(k, dim=-1)
+    ids = torch.zeros((*masks.shape, k), dtype=torch.long, device=masks.device)
+    scores = torch.zeros((*masks.shape, k), dtype=torch.float32, device=masks.device)
+    ids[masks], scores[masks] = top.indices, top.values
+    return MaskedLMOutput(token_predicted=masks.float(), fill_ids=ids, fill_probabilities=scores)
+
+
 class MaskedLanguageModel(nn.Module):
     def __init__(self, encoder: nn.Module, sbo: bool = False, top_k: int = 5) -> None:
         super().__init__()
@@ -176,17 +215,16 @@ class MaskedLanguageModel(nn.Module):
                 sbo_inside: torch.Tensor | None = None, mask_token_id: torch.Tensor | None = None) -> MaskedLMOutput:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         embeddings = self.encoder.get_input_embeddings().weight
+
+        def scores_at(where_: torch.Tensor) -> torch.Tensor:
+            return self.lm_head(hidden[where_], embeddings)
+
         if labels is None:
-            return self._fill(hidden, embeddings, input_ids == mask_token_id.reshape(-1, 1))
+            return fill_output(scores_at, input_ids == mask_token_id.reshape(-1, 1), self.top_k)
+        out = masked_lm_output(scores_at, labels)
+        loss = out.loss
         predicted = labels != IGNORE_INDEX
         targets = labels[predicted]
-        logits = self.lm_head(hidden[predicted], embeddings).float()
-        token_loss = nn.functional.cross_entropy(logits, targets, reduction="none")
-        # A batch without a predicted token still needs a loss that touches the heads.
-        loss = token_loss.mean() if len(targets) else logits.sum() * 0.0
-        out = MaskedLMOutput(token_loss=scatter(token_loss.detach(), predicted),
-                             token_correct=scatter((logits.argmax(-1) == targets).detach(), predicted),
-                             token_predicted=predicted.float())
         if self.span_boundary is not None and sbo_left is not None:
             rows = predicted.nonzero(as_tuple=True)[0]
             sbo_logits = self.span_boundary(hidden[rows, sbo_left[predicted]], hidden[rows, sbo_right[predicted]],
@@ -198,15 +236,73 @@ class MaskedLanguageModel(nn.Module):
         out.loss = loss
         return out
 
-    def _fill(self, hidden: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor) -> MaskedLMOutput:
-        """The top-k candidates, with their probabilities, at every [MASK] position."""
-        k = min(self.top_k, embeddings.shape[0])
-        probabilities = self.lm_head(hidden[masks], embeddings).float().softmax(-1)
-        top = probabilities.topk(k, dim=-1)
-        ids = torch.zeros((*masks.shape, k), dtype=torch.long, device=masks.device)
-        scores = torch.zeros((*masks.shape, k), dtype=torch.float32, device=masks.device)
-        ids[masks], scores[masks] = top.indices, top.values
-        return MaskedLMOutput(token_predicted=masks.float(), fill_ids=ids, fill_probabilities=scores)
+
+def position_wise_head(model: nn.Module) -> str | None:
+    """The name of a transformers MLM model's head when it is one module that maps hidden vectors
+    to vocabulary scores position by position (BERT's ``cls``, RoBERTa's ``lm_head``: one
+    argument), so that it can score a few positions alone; None for other heads (several modules,
+    or one that needs more than the hidden vectors)."""
+    names = head_module_names(model)
+    if len(names) != 1:
+        return None
+    parameters = inspect.signature(getattr(model, names[0]).forward).parameters.values()
+    required = [p for p in parameters if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[0] if len(required) == 1 else None
+
+
+def predicted_positions_forward(self: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                labels: torch.Tensor | None = None,
+                                mask_token_id: torch.Tensor | None = None) -> MaskedLMOutput:
+    """The forward of a transformers MLM model in this task: the outputs of
+    ``MaskedLanguageModel.forward`` (the loss, transformers' own: cross-entropy over the labelled
+    positions; per-token figures; the [MASK] candidates), with vocabulary scores computed only at
+    the predicted positions when the head allows it (``position_wise_head``)."""
+    head = self.fill_head_name
+    if head is not None:
+        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        head_module = getattr(self, head)
+
+        def scores_at(where_: torch.Tensor) -> torch.Tensor:
+            return head_module(hidden[where_])
+    else:  # the class's own forward: scores at every position, the predicted ones picked
+        logits = type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask).logits
+
+        def scores_at(where_: torch.Tensor) -> torch.Tensor:
+            return logits[where_]
+    if labels is None:
+        return fill_output(scores_at, input_ids == mask_token_id.reshape(-1, 1), self.fill_top_k)
+    return masked_lm_output(scores_at, labels)
+
+
+def score_predicted_positions_only(model: nn.Module, top_k: int) -> nn.Module:
+    """Give a transformers MLM model (``BertForMaskedLM``...) this task's forward.
+
+    The model stays an instance of its transformers class, which is what is saved
+    (``save_pretrained``) and what ``AutoModelForMaskedLM`` and the fill-mask pipeline load; only
+    this instance's ``forward`` is replaced. transformers' forward scores the whole vocabulary at
+    every position, batch x length x vocabulary floats (1 GB for 16 x 512 x 30522), held for the
+    backward pass in training and, as an output, copied to the CPU by evaluation; the task needs
+    the scores of the masked positions only (about 15% of the tokens)."""
+    model.fill_head_name = position_wise_head(model)
+    model.fill_top_k = top_k
+    model.forward = types.MethodType(predicted_positions_forward, model)
+    return model
+
+
+def load_pretrained_head(model: nn.Module, name_or_path: str) -> bool:
+    """Put the MLM head of a local checkpoint (``pretrained_head_weights``) into a transformers
+    MLM model whose head is BERT- or RoBERTa-style; whether it was there and fitted."""
+    pretrained = pretrained_head_weights(name_or_path)
+    own = model.state_dict()
+    for dense, norm, bias in PRETRAINED_HEADS[:2]:  # transformers' names, BERT's and RoBERTa's
+        names = {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
+                 "norm.bias": f"{norm}.bias", "bias": bias}
+        if pretrained and set(names.values()) <= own.keys() \
+                and all(own[names[k]].shape == v.shape for k, v in pretrained.items()):
+            model.load_state_dict({names[k]: v for k, v in pretrained.items()}, strict=False)
+            return True
+    return False
 
 
 def pretrained_head_weights(name_or_path: str) -> dict[str, torch.Tensor]:
@@ -246,7 +342,11 @@ class MaskedLMTask(TaskBase):
                    "frequency in the training text", kind="choice", choices=("uniform", "unigram")),
         TaskOption("span_p", 0.2, "span masking: p of the geometric distribution of span lengths, in (0, 1]"),
         TaskOption("max_span_words", 10, "span masking: the longest span, in words", kind="int", minimum=1),
-        TaskOption("sbo", False, "add SpanBERT's span boundary objective (needs span masking)", kind="flag"),
+        TaskOption("sbo", False, "add SpanBERT's span boundary objective (needs span masking; implies "
+                   "head=finetune-kit)", kind="flag"),
+        TaskOption("head", TRANSFORMERS_HEAD, "the MLM head: the architecture's own transformers head (saved as what "
+                   "AutoModelForMaskedLM loads) or finetune-kit's earlier one", kind="choice",
+                   choices=(TRANSFORMERS_HEAD, OWN_HEAD)),
         TaskOption("packing", "documents", "texts packed into full sequences split by [SEP], or one text per "
                    "sequence", kind="choice", choices=("documents", "lines")),
         TaskOption("top_k", 5, "predict: the candidates given for each [MASK]", kind="int", minimum=1),
@@ -264,6 +364,7 @@ class MaskedLMTask(TaskBase):
                                         span_p=float(options["span_p"]), max_span_words=options["max_span_words"])
         except (TypeError, ValueError) as exc:
             raise TaskError(f"task_options: {exc}") from None
+        self.head = self._chosen_head()
         self.head_modules: tuple[str, ...] = ("lm_head", "span_boundary") if options["sbo"] else ("lm_head",)
         self.tokenizer: Any = None
         self.random_tokens: RandomTokens | None = None
@@ -271,6 +372,16 @@ class MaskedLMTask(TaskBase):
         self.epoch = 0
         self.head_pretrained = False
         self.texts_without_tokens: dict[str, int] = {}  # file -> texts left out, having no token
+
+    def _chosen_head(self) -> str:
+        """The head asked for; the span boundary objective implies finetune-kit's (it is no part of
+        a transformers MLM class), and asking for it with the transformers head is an error."""
+        if not self.options["sbo"]:
+            return self.options["head"]
+        if self.settings.options.get("head") == TRANSFORMERS_HEAD:
+            raise TaskError("task_options.sbo: the span boundary objective needs finetune-kit's head; drop "
+                            "head=transformers (sbo=true implies head=finetune-kit)")
+        return OWN_HEAD
 
     @property
     def default_head_learning_rate(self) -> float | None:
@@ -357,7 +468,7 @@ class MaskedLMTask(TaskBase):
         self.random_tokens = RandomTokens(vocab_size, self.tokenizer.all_special_ids, counts)
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"head_pretrained": self.head_pretrained}
+        state: dict[str, Any] = {"head_pretrained": self.head_pretrained, "head": self.head}
         if self.texts_without_tokens:
             state["texts_without_tokens"] = self.texts_without_tokens
         if self.unigram_counts:
@@ -367,13 +478,21 @@ class MaskedLMTask(TaskBase):
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
         self._set_tokenizer(tokenizer)
         self.head_pretrained = bool(state.get("head_pretrained", False))
+        self.head = state.get("head", OWN_HEAD)  # a model saved before the option had finetune-kit's
         self.unigram_counts = {int(k): int(v) for k, v in state.get("unigram_counts", {}).items()}
         self._set_random_tokens()
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
+        checkpoint = getattr(encoder.config, "_name_or_path", "") or ""
+        if self.head == TRANSFORMERS_HEAD:
+            model = transformers_model(AutoModelForMaskedLM, encoder)
+            self.head_modules = head_module_names(model)
+            self.head_pretrained = load_pretrained_head(model, checkpoint) or self.head_pretrained
+            return score_predicted_positions_only(model, self.options["top_k"])
         model = MaskedLanguageModel(encoder, sbo=self.options["sbo"], top_k=self.options["top_k"])
-        pretrained = pretrained_head_weights(getattr(encoder.config, "_name_or_path", "") or "")
+        self.head_modules = ("lm_head", "span_boundary") if self.options["sbo"] else ("lm_head",)
+        pretrained = pretrained_head_weights(checkpoint)
         if pretrained and all(model.lm_head.state_dict()[k].shape == v.shape for k, v in pretrained.items()):
             model.lm_head.load_state_dict(pretrained)
             self.head_pretrained = True

@@ -4,7 +4,14 @@ The question and the context are one sequence, ``[CLS] question [SEP] context [S
 too long for ``max_length`` is cut into overlapping windows (``doc_stride`` tokens shared). A
 linear layer gives every token a start and an end score; an answer is the best span of context
 tokens over all the windows of a question, mapped back to character offsets, so it is always an
-exact substring of the context. For SQuAD v2.0 the [CLS] position stands for "no answer": a
+exact substring of the context.
+
+The linear layer is, by default (``head=transformers``), the architecture's own transformers
+head (``qa_outputs`` of ``AutoModelForQuestionAnswering``, e.g. ``BertForQuestionAnswering``):
+the output directory loads with ``AutoModelForQuestionAnswering.from_pretrained``, and
+transformers' question-answering pipeline gives the same answers where a question has one
+window. ``head=finetune-kit`` is the earlier head (``SpanExtractor``, the same linear layer, with
+padding kept out of the loss); models saved before the option existed load with it. For SQuAD v2.0 the [CLS] position stands for "no answer": a
 question gets no answer when ``null score - best span score > threshold``, and the threshold is
 tuned on the validation set after training and saved with the model. Exact match and F1 follow
 the official evaluation script of the data's SQuAD version (see ``_rules``).
@@ -26,11 +33,14 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
+from transformers import AutoModelForQuestionAnswering
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from finetune_kit.alignment import char_span_to_tokens
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.data import SQUAD_VERSION_COLUMN, iter_rows, require_columns, where
+from finetune_kit.files import atomic_write_text
+from finetune_kit.heads import head_module_names, transformers_model
 from finetune_kit.metrics import (
     answer_scores,
     gold_answers,
@@ -40,7 +50,6 @@ from finetune_kit.metrics import (
     squad_rules_of,
     tune_null_threshold,
 )
-from finetune_kit.files import atomic_write_text
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
     Block,
@@ -66,10 +75,13 @@ QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why
 LENGTH_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 10**9, "11+"))
 CONTEXT_CHARS = 150  # context shown on each side of the answers of a wrong-answer example
 CURVE_POINTS = 400  # most points of the no-answer threshold curve kept in the report
+# The span heads (``-o head=``): the architecture's own transformers head, or finetune-kit's.
+TRANSFORMERS_HEAD, OWN_HEAD = "transformers", "finetune-kit"
 
 
 class SpanExtractor(nn.Module):
-    """Encoder + a linear layer giving each token a start and an end score."""
+    """Encoder + a linear layer giving each token a start and an end score (``head=finetune-kit``;
+    the transformers head is the same layer, without the padding masked)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -108,10 +120,12 @@ class QuestionAnsweringTask(TaskBase):
                                                  "label_column": "answers"}
     default_file_format: ClassVar[str] = "json"
     default_max_length: ClassVar[int] = 384
-    head_modules: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     default_metric: ClassVar[str] = "f1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("head", TRANSFORMERS_HEAD, "the span head: the architecture's own transformers head (saved as what "
+                   "AutoModelForQuestionAnswering loads) or finetune-kit's earlier one", kind="choice",
+                   choices=(TRANSFORMERS_HEAD, OWN_HEAD)),
         TaskOption("doc_stride", None, "context tokens two consecutive windows share (null: a third of max_length)",
                    kind="int", minimum=0, optional=True),
         TaskOption("max_answer_length", 30, "the longest answer, in tokens", kind="int", minimum=1),
@@ -140,6 +154,8 @@ class QuestionAnsweringTask(TaskBase):
         self.threshold = float(fixed) if fixed is not None else 0.0
         self.skipped_answers: dict[str, int] = {}  # file -> answers left out (skip_bad_answers)
         self.tokenizer: Any = None
+        self.head: str = options["head"]
+        self.head_modules: tuple[str, ...] = ("qa_outputs",)  # the linear layer, in both heads
 
     # -- columns and answers -----------------------------------------------------------------
     @property
@@ -229,18 +245,23 @@ class QuestionAnsweringTask(TaskBase):
 
     def state(self) -> dict[str, Any]:
         return {"with_negatives": self.with_negatives, "no_answer_threshold": self.threshold,
-                "skipped_answers": self.skipped_answers}
+                "skipped_answers": self.skipped_answers, "head": self.head}
 
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
         self.with_negatives = bool(state["with_negatives"])
         fixed = self.options["no_answer_threshold"]
         self.threshold = float(fixed) if fixed is not None else float(state["no_answer_threshold"])
         self.skipped_answers = dict(state.get("skipped_answers") or {})
+        self.head = state.get("head", OWN_HEAD)  # a model saved before the option had finetune-kit's
         self._set_tokenizer(tokenizer)
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
-        return SpanExtractor(encoder)
+        if self.head == OWN_HEAD:
+            return SpanExtractor(encoder)
+        model = transformers_model(AutoModelForQuestionAnswering, encoder)
+        self.head_modules = head_module_names(model)
+        return model
 
     # -- features ----------------------------------------------------------------------------
     def _cut_questions(self, questions: list[str]) -> list[str]:

@@ -4,11 +4,16 @@
 mark the two segments where the encoder has them; when a pair is longer than ``max_length`` the
 longer text is truncated first.
 
-The encoder's first ([CLS]) vector goes through dropout into a linear layer; cross-entropy.
-The ``pooling`` option (``task_options``) takes instead the mask-weighted mean of the token
-vectors (``mean``, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained
-with), or the [CLS] vector through the encoder's pretrained dense+tanh pooler (``pooler``, as
-BERT's own classifier and transformers' ``...ForSequenceClassification`` do).
+By default (``pooling=transformers``) the model is the encoder's architecture with its own
+transformers sequence-classification head (``AutoModelForSequenceClassification``: BERT's
+pretrained pooler + dropout + linear, RoBERTa's dense + tanh + out_proj, ...); it is saved as
+that class saves itself, so transformers and ``pipeline("text-classification")`` load the
+directory as it is. The ``pooling`` option (``task_options``) picks a finetune-kit head instead,
+dropout + linear on: the first ([CLS]) vector (``cls``, the earlier default, which models saved
+without a recorded head still load as), the mask-weighted mean of the token vectors
+(``mean``, the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 were trained with),
+or the [CLS] vector through the encoder's pretrained dense+tanh pooler (``pooler``). Loss:
+cross-entropy.
 Labels may be strings or integers in the files; the label set is taken from the training
 split (integers sorted numerically, strings alphabetically) and saved with the model.
 """
@@ -23,11 +28,17 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.data import LINE_COLUMN, require_columns, where
-from finetune_kit.heads import head_dropout
+from finetune_kit.heads import (
+    has_transformers_head,
+    head_dropout,
+    head_module_names,
+    transformers_model,
+)
 from finetune_kit.metrics import classification_metrics
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
@@ -51,6 +62,13 @@ from finetune_kit.task import (
     label_name,
     text_examples,
 )
+
+# The ``pooling`` value that builds the architecture's own transformers head (the default).
+TRANSFORMERS_HEAD = "transformers"
+# The head of models whose saved state does not name one: the default before the transformers head.
+OLD_DEFAULT_POOLING = "cls"
+# The pooling values that read the encoder's pooler layer (BERT's transformers head reads it too).
+POOLER_READERS = frozenset({TRANSFORMERS_HEAD, "pooler"})
 
 OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
 
@@ -92,14 +110,17 @@ class SequenceClassifier(nn.Module):
 
 class TextClassificationTask(TaskBase):
     name: ClassVar[str] = "text-classification"
-    description: ClassVar[str] = "Single-text classification ([CLS] vector -> linear head), e.g. sentiment, topic, intent"
+    description: ClassVar[str] = ("Single-text classification (the encoder's transformers classification head), "
+                                  "e.g. sentiment, topic, intent")
     pipeline_tag: ClassVar[str | None] = "text-classification"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     default_metric: ClassVar[str] = "accuracy"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     task_options: ClassVar[tuple[TaskOption, ...]] = (
-        TaskOption("pooling", "cls", "the text's vector: the first token's, the mean of the tokens', or the "
-                   "first token's through the encoder's pooler", kind="choice", choices=("cls", "mean", "pooler")),
+        TaskOption("pooling", TRANSFORMERS_HEAD, "the head: the architecture's own transformers classification "
+                   "head, or a linear layer on the first token's vector, the mean of the tokens', or the first "
+                   "token's through the encoder's pooler", kind="choice",
+                   choices=(TRANSFORMERS_HEAD, "cls", "mean", "pooler")),
     )
 
     def __init__(self, settings: TaskSettings) -> None:
@@ -116,7 +137,9 @@ class TextClassificationTask(TaskBase):
 
     @property
     def uses_pooler(self) -> bool:
-        return self.pooling == "pooler"
+        """The encoder is loaded with its pooler: ``pooler`` reads it, and so may the transformers
+        head (BERT's does; ``transformers_model`` drops it where the architecture's does not)."""
+        return self.pooling in POOLER_READERS
 
     # -- columns -----------------------------------------------------------------------------
     def text_columns(self) -> list[str]:
@@ -176,18 +199,40 @@ class TextClassificationTask(TaskBase):
         self._collator = InputPadder(tokenizer)
 
     def state(self) -> dict[str, Any]:
-        return {"labels": self.labels}
+        return {"labels": self.labels, "pooling": self.pooling}
 
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        """A model saved before the head was recorded has the head of its options, else ``cls``,
+        the default of that time."""
+        self.options["pooling"] = state.get("pooling", self.settings.options.get("pooling", OLD_DEFAULT_POOLING))
         self.set_labels(list(state["labels"]))
         self._set_tokenizer(tokenizer)
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
-        if self.uses_pooler and getattr(encoder, "pooler", None) is None:
+        if self.pooling == TRANSFORMERS_HEAD:
+            if has_transformers_head(AutoModelForSequenceClassification, encoder.config):
+                return self._transformers_model(encoder)
+            # an architecture transformers has no classifier of (shipped code): the earlier default,
+            # which state() records, so that the model loads as it was built
+            self.options["pooling"] = OLD_DEFAULT_POOLING
+            if getattr(encoder, "pooler", None) is not None:
+                encoder.pooler = None
+        if self.pooling == "pooler" and getattr(encoder, "pooler", None) is None:
             raise TaskError(f"task_options.pooling: 'pooler' needs an encoder with a pooler layer; "
                             f"{type(encoder).__name__} has none (use cls or mean)")
         return SequenceClassifier(encoder, len(self.labels), self.pooling)
+
+    def _transformers_model(self, encoder: nn.Module) -> nn.Module:
+        """``AutoModelForSequenceClassification`` of the encoder's architecture, with the labels in
+        its configuration; its head modules are the ones LoRA saves and ``head_learning_rate`` trains."""
+        model = transformers_model(
+            AutoModelForSequenceClassification, encoder, num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id),
+            problem_type="single_label_classification",
+        )
+        self.head_modules = head_module_names(model)
+        return model
 
     # -- features ----------------------------------------------------------------------------
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:

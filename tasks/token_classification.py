@@ -5,14 +5,21 @@ decoded from its first subword, so there is exactly one tag per input word and s
 computed on words. Sentences longer than ``max_length`` are cut into overlapping windows of
 whole words, and each word is predicted from the window where it has the most context.
 
+The model is the encoder's architecture with its own transformers token-classification head
+(``AutoModelForTokenClassification``: dropout + linear on every subword, cross-entropy on the
+labelled subwords), saved as that class saves itself, so transformers and
+``pipeline("token-classification", aggregation_strategy="first")`` load the directory as it is.
 The options (``-o key=value``) are declared in ``TokenClassificationTask.task_options``
-(``finetune-kit tasks token-classification`` lists them). With ``crf``, a linear-chain CRF over
-the words' emissions is trained with its log-likelihood and decoded with Viterbi over the whole
-sentence, never through a transition the scheme forbids. ``scheme=auto`` takes the scheme that
-admits every tag of the training data (``tagging.detect_scheme``; tags of several schemes are an
-error naming the first odd line), which every labelled file (validation, test, evaluation) must
-then be written in; IOB1 is converted to IOB2 on reading; a scheme given explicitly reads every
-file as that scheme. Without ``strict_tags``, a sequence the scheme forbids is read as it is.
+(``finetune-kit tasks token-classification`` lists them). ``head=finetune-kit`` builds
+finetune-kit's own tagger instead (``TokenTagger``: the same dropout + linear layer and loss, saved
+as finetune-kit's model); ``crf`` always uses it, with a linear-chain CRF over the words'
+emissions, trained with the CRF's log-likelihood and decoded with Viterbi over the whole
+sentence, never through a transition the scheme forbids. A model saved without a recorded head
+(before the transformers head was the default) loads as that tagger, which it was trained as.
+``scheme=auto`` takes the scheme that admits every tag of the training data
+(``tagging.detect_scheme``; tags of several schemes are an error naming the first odd line),
+which every labelled file (validation, test, evaluation) must then be written in; IOB1 is
+converted to IOB2 on reading; a scheme given explicitly reads every file as that scheme. Without ``strict_tags``, a sequence the scheme forbids is read as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
-from transformers import DataCollatorForTokenClassification
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 from transformers.utils import ModelOutput
 
 from finetune_kit.alignment import (
@@ -42,7 +49,7 @@ from finetune_kit.alignment import (
 from finetune_kit.batching import MODEL_INPUTS, padded
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
-from finetune_kit.heads import head_dropout
+from finetune_kit.heads import has_transformers_head, head_dropout, head_module_names, transformers_model
 from finetune_kit.metrics import entity_metrics
 from finetune_kit.entity_errors import entity_error_section
 from finetune_kit.report_content import (
@@ -80,6 +87,12 @@ from finetune_kit.task import (
     TaskSettings,
     label_name,
 )
+
+
+# The ``head`` option's values (saved in ``state()``): the architecture's own transformers
+# token-classification head, or finetune-kit's ``TokenTagger`` (with a CRF, or saved before the
+# head was recorded).
+TRANSFORMERS_HEAD, OWN_HEAD = "transformers", "finetune-kit"
 
 
 @dataclass
@@ -150,6 +163,9 @@ class TokenClassificationTask(TaskBase):
     default_metric: ClassVar[str] = "f1"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     task_options: ClassVar[tuple[TaskOption, ...]] = (
+        TaskOption("head", TRANSFORMERS_HEAD, "the tagging head: the architecture's own transformers head (saved as "
+                   "what AutoModelForTokenClassification loads) or finetune-kit's, which crf always uses",
+                   kind="choice", choices=(TRANSFORMERS_HEAD, OWN_HEAD)),
         TaskOption("crf", False, "a linear-chain CRF over the words' tags, decoded with Viterbi", kind="flag",
                    shortcut="--crf"),
         TaskOption("subword_labels", "first", "train on each word's first subword only, or on all of them "
@@ -166,6 +182,7 @@ class TokenClassificationTask(TaskBase):
         self.settings = settings
         self.options = options = self.read_options()
         self.use_crf, self.strict_tags = options["crf"], options["strict_tags"]
+        self.head = self._head(options)
         self.subword_strategy = options["subword_labels"]
         requested = str(options["scheme"])
         try:
@@ -178,6 +195,15 @@ class TokenClassificationTask(TaskBase):
         self.label_to_id: dict[str, int] = {}
         self.class_label_names: list[str] | None = None
         self.tokenizer: Any = None
+
+    def _head(self, options: dict[str, Any]) -> str:
+        """The CRF is finetune-kit's head: ``crf`` takes it unless the transformers head is asked for."""
+        if not options["crf"]:
+            return options["head"]
+        if self.settings.options.get("head") == TRANSFORMERS_HEAD:
+            raise TaskError(f"task_options.head: crf needs finetune-kit's head; use head={OWN_HEAD} or leave "
+                            f"head unset")
+        return OWN_HEAD
 
     # -- columns and tags ----------------------------------------------------------------------
     def _column_hints(self) -> dict[str, str]:
@@ -323,9 +349,11 @@ class TokenClassificationTask(TaskBase):
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.labels, "scheme": self.scheme, "source_scheme": self.source_scheme,
-                "class_label_names": self.class_label_names}
+                "class_label_names": self.class_label_names, "head": self.head}
 
     def load_state(self, state: dict[str, Any], tokenizer: Any) -> None:
+        """A model saved before the head was recorded is finetune-kit's tagger, as it was trained."""
+        self.head = state.get("head", OWN_HEAD)
         self.scheme, self.source_scheme = state["scheme"], state["source_scheme"]
         self.class_label_names = state.get("class_label_names")
         self.set_labels(list(state["labels"]))
@@ -333,7 +361,18 @@ class TokenClassificationTask(TaskBase):
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, encoder: nn.Module) -> nn.Module:
+        if self.head == TRANSFORMERS_HEAD and has_transformers_head(AutoModelForTokenClassification, encoder.config):
+            return self._transformers_model(encoder)
+        self.head = OWN_HEAD  # also for an architecture transformers has no tagger of (shipped code)
         return TokenTagger(encoder, len(self.labels), use_crf=self.use_crf)
+
+    def _transformers_model(self, encoder: nn.Module) -> nn.Module:
+        """``AutoModelForTokenClassification`` of the encoder's architecture, with the tags in its
+        configuration; its head modules are the ones LoRA saves and ``head_learning_rate`` trains."""
+        model = transformers_model(AutoModelForTokenClassification, encoder, num_labels=len(self.labels),
+                                   id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
+        self.head_modules = head_module_names(model)
+        return model
 
     # -- features ----------------------------------------------------------------------------
     def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:

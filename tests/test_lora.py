@@ -58,7 +58,7 @@ def squad(tmp_path: Path) -> tuple[Path, list]:
 
 # task, data builder, task options, head modules the adapter file must hold
 CASES = {
-    "text-classification": ("text-classification", sentiment, {}, ["classifier"]),
+    "text-classification": ("text-classification", sentiment, {}, ["classifier", "pooler"]),  # BERT's head
     "text-classification-pooler": ("text-classification", sentiment, {"pooling": "pooler"}, ["classifier", "pooler"]),
     "pair-classification": ("pair-classification", pairs, {}, ["classifier"]),
     "token-classification-crf": ("token-classification", tagging, {"crf": True}, ["classifier", "crf"]),
@@ -167,7 +167,8 @@ def test_default_targets_fit_each_architecture(kind, linear_layers):
 
 
 def test_trainable_parameters_by_hand(tiny_encoder, tmp_path):
-    """Tiny BERT: hidden 32, feed-forward 64, 2 layers, r=8, 2 labels."""
+    """Tiny BERT: hidden 32, feed-forward 64, 2 layers, r=8, 2 labels; BERT's transformers head
+    trains its pooler beside the classifier."""
     data, _ = sentiment(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "finetune_kit.cli", "train", "--task", "text-classification", "--model", tiny_encoder,
@@ -175,7 +176,7 @@ def test_trainable_parameters_by_hand(tiny_encoder, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     per_layer = 4 * 8 * (32 + 32) + 8 * (32 + 64) + 8 * (64 + 32)  # q, k, v, out; intermediate; output
-    head = 32 * 2 + 2
+    head = (32 * 32 + 32) + (32 * 2 + 2)  # pooler, classifier
     assert f"{2 * per_layer + head:,} trainable of" in " ".join(done.stderr.split())
 
 
@@ -189,7 +190,7 @@ def test_freezing_keeps_frozen_weights_bit_identical(tiny_encoder, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     before = load_file(Path(tiny_encoder) / "model.safetensors")
-    after = {k.removeprefix("encoder."): v for k, v in load_file(out / "model.safetensors").items()}
+    after = {k.removeprefix("bert."): v for k, v in load_file(out / "model.safetensors").items()}  # transformers' names
     frozen = [k for k in before if k.startswith(("embeddings.", "encoder.layer.0."))]
     trained = [k for k in before if k.startswith("encoder.layer.1.") and k.endswith("weight")]
     assert frozen and trained
@@ -197,7 +198,7 @@ def test_freezing_keeps_frozen_weights_bit_identical(tiny_encoder, tmp_path):
         assert torch.equal(before[key], after[key]), key
     assert all(not torch.equal(before[key], after[key]) for key in trained)
     layer_1 = sum(v.numel() for k, v in before.items() if k.startswith("encoder.layer.1."))
-    assert f"{layer_1 + 32 * 2 + 2:,} trainable of" in " ".join(done.stderr.split())
+    assert f"{layer_1 + (32 * 32 + 32) + (32 * 2 + 2):,} trainable of" in " ".join(done.stderr.split())  # + pooler, classifier
 
 
 def test_lora_with_top_layers_adapts_only_those(tiny_encoder, tmp_path):

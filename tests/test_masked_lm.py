@@ -122,7 +122,8 @@ def test_a_lora_run_gives_its_merged_encoder_to_other_tasks(tiny_encoder, tmp_pa
     # the merged encoder predicts as the LoRA model does
     predictor = fk.load(out)
     batch = predictor.tokenizer(["good movie"], return_tensors="pt")
-    expected = predictor.model.base_model.model.encoder(**batch).last_hidden_state
+    assert type(predictor.model.get_base_model()).__name__ == "BertForMaskedLM"  # the default head
+    expected = predictor.model.get_base_model().bert(**batch).last_hidden_state
     assert torch.allclose(saved_encoder(out)(**batch).last_hidden_state, expected, atol=1e-5)
 
 

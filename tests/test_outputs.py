@@ -267,7 +267,7 @@ def test_reports_and_model_card_show_data_text_without_running_it(tiny_encoder, 
     report = (out / "report.md").read_text(encoding="utf-8")
     card = (out / "README.md").read_text(encoding="utf-8")
     body = card.split("\n---\n", 1)[1]  # the YAML front matter holds the file name as data
-    assert read_front_matter(card)["datasets"] == [train.name]
+    assert read_front_matter(card)["model-index"][0]["results"][0]["dataset"]["name"] == train.name
     for markdown in (report, body):
         assert "<script" not in markdown.lower() and "<img" not in markdown.lower()
         assert not re.search(r"(?<!\\)\[link\]\(javascript", markdown)  # shown as text, not a link

@@ -28,18 +28,18 @@ runner = CliRunner()
 
 # The defaults each built-in task had before it declared its options: they must not change.
 DEFAULTS = {
-    "text-classification": {"pooling": "cls"},
-    "pair-classification": {"pooling": "cls"},
-    "token-classification": {"crf": False, "subword_labels": "first", "scheme": "auto", "strict_tags": False,
+    "text-classification": {"pooling": "transformers"},  # cls until the transformers head became the default
+    "pair-classification": {"pooling": "transformers"},
+    "token-classification": {"head": "transformers", "crf": False, "subword_labels": "first", "scheme": "auto", "strict_tags": False,
                              "stride": None},
     "span-ner": {"max_span_width": 8, "word_pooling": "first", "decoding": "nested", "per_type_threshold": False,
                  "null_weight": 1.0, "null_sample": 1.0, "ffnn_dim": 150, "width_dim": 20, "stride": None,
                  "threshold": None},
-    "question-answering": {"doc_stride": None, "max_answer_length": 30, "n_best": 20, "max_query_length": None,
+    "question-answering": {"head": "transformers", "doc_stride": None, "max_answer_length": 30, "n_best": 20, "max_query_length": None,
                            "with_negatives": "auto", "skip_bad_answers": False, "no_answer_threshold": None},
     "masked-lm": {"masking": "token", "mask_rate": 0.15, "mask_share": 0.8, "random_share": 0.1,
                   "random_tokens": "uniform", "span_p": 0.2, "max_span_words": 10, "sbo": False,
-                  "packing": "documents", "top_k": 5},
+                  "head": "transformers", "packing": "documents", "top_k": 5},
 }
 
 
@@ -118,7 +118,7 @@ def test_the_shortcuts_of_the_builtin_tasks():
     ("question-answering", {"with_negatives": 1},  # 1 == True in Python, but it is no flag
      "task_options.with_negatives: 1 is not allowed; choose auto or true or false"),
     ("text-classification", {"pooling": "max"},
-     "task_options.pooling: 'max' is not allowed; choose cls or mean or pooler"),
+     "task_options.pooling: 'max' is not allowed; choose transformers or cls or mean or pooler"),
 ])
 def test_a_bad_value_is_refused_in_one_line(task, options, message):
     assert refusal(task, **options) == message
