@@ -282,3 +282,29 @@ def test_wandb_offline_has_the_metrics_at_their_steps_and_the_settings(tiny_enco
     config = {item.key: json.loads(item.value_json) for record in records
               if record.WhichOneof("record_type") == "config" for item in record.config.update}
     assert config["batch_size"] == 8 and config["report_to"] == "wandb"
+
+
+def test_trackio_local_store_has_the_metrics_at_their_steps_and_the_settings(tiny_encoder, data, tmp_path, monkeypatch):
+    """Runs where trackio is installed (it is not in the test extra: it pins pillow<13)."""
+    trackio = pytest.importorskip("trackio")
+    store = tmp_path / "trackio-store"
+    monkeypatch.setenv("TRACKIO_DIR", str(store))
+    monkeypatch.setattr(trackio.sqlite_storage, "TRACKIO_DIR", store, raising=False)
+    monkeypatch.setattr(trackio, "TRACKIO_DIR", store, raising=False)
+    out = tmp_path / "trackio-run"
+    run(tiny_encoder, data, out, ["trackio"])
+    storage = trackio.SQLiteStorage
+    [project] = storage.get_projects()
+    [run_name] = storage.get_runs(project)
+    history: dict[str, list[tuple[int, float]]] = {}
+    for entry in storage.get_logs(project, run_name):
+        for key, value in entry.items():
+            if "/" in key:
+                history.setdefault(key, []).append((entry["step"], value))
+    logged = log_records(out, "train")
+    assert_series(history["train/loss"], [(r["step"], r["loss"]) for r in logged])
+    evaluations = log_records(out, "evaluate")
+    assert_series(history["eval/accuracy"], [(r["step"], r["metrics"]["accuracy"]) for r in evaluations])
+    assert [step for step, _ in history["test/accuracy"]] == [STEPS]
+    config = storage.get_run_config(project, run_name)
+    assert config["batch_size"] == 8 and config["report_to"] == "trackio"
