@@ -1,8 +1,11 @@
-"""What task heads share: their dropout, taken from the encoder's own configuration."""
+"""What task heads share: their dropout, taken from the encoder's own configuration, and the
+architecture's own transformers heads built around a pretrained encoder."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .modeling import drop_pooler
 
 
 def head_dropout(config: Any, default: float = 0.1) -> float:
@@ -41,8 +44,8 @@ def transformers_model(auto_class: Any, encoder: Any, **config_changes: Any) -> 
     model = auto_class.from_config(config)
     prefix = model.base_model_prefix
     own_base = getattr(model, prefix)
-    if hasattr(own_base, "pooler") and own_base.pooler is None and getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None
+    if hasattr(own_base, "pooler") and own_base.pooler is None:
+        drop_pooler(encoder)
     elif getattr(own_base, "pooler", None) is not None and getattr(encoder, "pooler", None) is None:
         encoder.pooler = own_base.pooler
     encoder.config = model.config  # one configuration, the one save_pretrained writes

@@ -290,14 +290,19 @@ def score_predicted_positions_only(model: nn.Module, top_k: int) -> nn.Module:
     return model
 
 
+def head_tensor_names(dense: str, norm: str, bias: str) -> dict[str, str]:
+    """This head's parameter names mapped to a checkpoint's, for one ``PRETRAINED_HEADS`` naming."""
+    return {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
+            "norm.bias": f"{norm}.bias", "bias": bias}
+
+
 def load_pretrained_head(model: nn.Module, name_or_path: str) -> bool:
     """Put the MLM head of a local checkpoint (``pretrained_head_weights``) into a transformers
     MLM model whose head is BERT- or RoBERTa-style; whether it was there and fitted."""
     pretrained = pretrained_head_weights(name_or_path)
     own = model.state_dict()
-    for dense, norm, bias in PRETRAINED_HEADS[:2]:  # transformers' names, BERT's and RoBERTa's
-        names = {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
-                 "norm.bias": f"{norm}.bias", "bias": bias}
+    for naming in PRETRAINED_HEADS[:2]:  # transformers' names, BERT's and RoBERTa's
+        names = head_tensor_names(*naming)
         if pretrained and set(names.values()) <= own.keys() \
                 and all(own[names[k]].shape == v.shape for k, v in pretrained.items()):
             model.load_state_dict({names[k]: v for k, v in pretrained.items()}, strict=False)
@@ -313,9 +318,8 @@ def pretrained_head_weights(name_or_path: str) -> dict[str, torch.Tensor]:
         return {}
     with safe_open(str(path), framework="pt") as weights:
         names = set(weights.keys())
-        for dense, norm, bias in PRETRAINED_HEADS:
-            wanted = {"dense.weight": f"{dense}.weight", "dense.bias": f"{dense}.bias", "norm.weight": f"{norm}.weight",
-                      "norm.bias": f"{norm}.bias", "bias": bias}
+        for naming in PRETRAINED_HEADS:
+            wanted = head_tensor_names(*naming)
             if set(wanted.values()) <= names:
                 return {mine: weights.get_tensor(theirs) for mine, theirs in wanted.items()}
     return {}

@@ -40,6 +40,7 @@ from finetune_kit.heads import (
     transformers_model,
 )
 from finetune_kit.metrics import classification_metrics
+from finetune_kit.modeling import drop_pooler
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
     ReportContent,
@@ -216,8 +217,7 @@ class TextClassificationTask(TaskBase):
             # an architecture transformers has no classifier of (shipped code): the earlier default,
             # which state() records, so that the model loads as it was built
             self.options["pooling"] = OLD_DEFAULT_POOLING
-            if getattr(encoder, "pooler", None) is not None:
-                encoder.pooler = None
+            drop_pooler(encoder)
         if self.pooling == "pooler" and getattr(encoder, "pooler", None) is None:
             raise TaskError(f"task_options.pooling: 'pooler' needs an encoder with a pooler layer; "
                             f"{type(encoder).__name__} has none (use cls or mean)")
