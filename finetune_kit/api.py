@@ -375,12 +375,18 @@ class Predictor:
         self.task.validate(raw, "predict", source)
         return predict_raw(self.accelerator, self.model, self.task, raw, self.batch_size)
 
-    def predict_file(self, path: str | Path, file_format: str = "auto") -> list[dict[str, Any]]:
-        return self.predict_dataset(self.read_file(path, file_format), str(path))
+    def predict_file(self, path: str | Path, file_format: str = "auto",
+                     column_names: list[str] | None = None) -> list[dict[str, Any]]:
+        return self.predict_dataset(self.read_file(path, file_format, column_names), str(path))
 
-    def read_file(self, path: str | Path, file_format: str = "auto") -> Dataset:
-        """Read a file the way this model's task reads its data."""
-        return read_file(path, file_format, fallback_format=file_format_fallback(self.task))
+    def read_file(self, path: str | Path, file_format: str = "auto", column_names: list[str] | None = None) -> Dataset:
+        """Read a file the way this model's task reads its data. ``column_names`` names the columns
+        of a CSV or TSV file without a header; None: as the training run's files (``[]``: the file
+        has a header)."""
+        if column_names is None:
+            column_names = self.config.get("column_names")
+        return read_file(path, file_format, fallback_format=file_format_fallback(self.task),
+                         column_names=column_names or None)
 
     def evaluate_dataset(self, raw: Dataset, source: str) -> dict[str, Any]:
         return self.evaluate_with_predictions(raw, source)[0]
@@ -437,7 +443,8 @@ def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = 
 def evaluate(
     model_dir: str | Path, data: str | Path, output: str | Path | None = None, file_format: str = "auto",
     batch_size: int = 64, plots: bool = True, bootstrap_resamples: int = ReportSettings.bootstrap_resamples,
-    seed: int | None = None, trust_remote_code: bool = False, **column_overrides: str | None,
+    seed: int | None = None, trust_remote_code: bool = False, column_names: list[str] | None = None,
+    **column_overrides: str | None,
 ) -> dict[str, Any]:
     """Evaluate a saved model (a directory, or the Hub id of one) on a labelled file; writes the
     report (metrics.json, report.json, report.md, report.html, plots/) to ``output`` (default:
@@ -445,7 +452,7 @@ def evaluate(
     returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
     bootstrap's seed is the training run's unless ``seed`` is given."""
     predictor = load(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
-    raw = predictor.read_file(data, file_format)
+    raw = predictor.read_file(data, file_format, column_names)
     metrics, predictions = predictor.evaluate_with_predictions(raw, str(data))
     if seed is None:
         seed = int(predictor.config.get("seed", ReportSettings.seed))

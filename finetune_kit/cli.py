@@ -53,6 +53,11 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc))
 
 
+def _names(text: str | None) -> list[str] | None:
+    """``--column-names``: None when not given (the training run's); "" gives [] (a header line)."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _main_process() -> bool:
     """False in the other processes of an ``accelerate launch`` run, so messages print once."""
     from accelerate import PartialState
@@ -120,6 +125,9 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, help="Report directory (default: MODEL_DIR/evaluation/<file name>; "
                                           "for a Hub id evaluation/ORG--NAME/<file name>)."),
     file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
+    column_names: Optional[str] = typer.Option(
+        None, metavar="NAMES", help="The columns of a CSV/TSV file without a header line, comma-separated "
+        "(default: as in training; \"\": the file has a header)."),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
@@ -140,7 +148,8 @@ def evaluate(
         _fail(f"--bootstrap-resamples: {bootstrap_resamples} is not allowed; it must be >= 0")
     out = output or evaluation_dir(model_dir, data.stem)
     _check_output(check_output_directory, out, "--output" if output else "the report directory")
-    _run(run_evaluate, model_dir, data, out, file_format=file_format, batch_size=batch_size, plots=plots,
+    _run(run_evaluate, model_dir, data, out, file_format=file_format, column_names=_names(column_names),
+         batch_size=batch_size, plots=plots,
          bootstrap_resamples=bootstrap_resamples, seed=seed, trust_remote_code=trust_remote_code,
          text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
@@ -182,6 +191,9 @@ def predict(
                                 "(QA: the official {id: answer} JSON, n-best lists beside it); - for standard "
                                 "output."),
     file_format: str = typer.Option("auto", help="auto (by extension), csv, tsv, jsonl or conll."),
+    column_names: Optional[str] = typer.Option(
+        None, metavar="NAMES", help="The columns of a CSV/TSV file without a header line, comma-separated "
+        "(default: as in training; \"\": the file has a header)."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
@@ -198,7 +210,7 @@ def predict(
         _check_output(check_output_file, output)
     predictor = _run(load, model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
                      text_column=text_column, text_pair_column=text_pair_column)
-    predictions = _run(predictor.predict_file, input_file, file_format)
+    predictions = _run(predictor.predict_file, input_file, file_format, _names(column_names))
     if not to_stdout:
         paths = _write_predictions(predictor.task, predictions, output)
         typer.echo(f"{len(predictions)} predictions written to {', '.join(map(str, paths))}")

@@ -152,6 +152,10 @@ class TrainConfig:
         "auto", help="File format: auto (by extension, else the task's usual one), csv, tsv, jsonl, json (one "
                      "document: SQuAD or an array of objects), conll (token-per-line columns) or text (plain "
                      "text, one text per non-blank line, in column text)")
+    column_names: list[str] | None = setting(
+        None, help="The columns of CSV and TSV files that have no header line, in order (comma-separated on the "
+                   "command line, e.g. text,labels,id); their first line is data", metavar="NAMES",
+        unset="none: the first line is the header")
     text_column: str | None = setting(None, help="Column holding the (first) text", unset=TASK_DEFAULT)
     text_pair_column: str | None = setting(None, help="Column holding the second text of pair tasks",
                                            unset=TASK_DEFAULT)
@@ -307,6 +311,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"lora_target_modules: {config.lora_target_modules!r} is not allowed; "
                           "expected a non-empty list of module names")
     _check_report_to(config.report_to)
+    _check_column_names(config.column_names)
     if config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(
             f"mixed_precision: {config.mixed_precision!r} is not allowed; choose one of "
@@ -320,6 +325,17 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"max_length: {config.max_length!r} is too small; use at least 8")
     if config.train_file is None and config.dataset is None:
         raise ConfigError("train_file: missing; give a training file or a hub dataset name (dataset)")
+
+
+def _check_column_names(names: list[str] | None) -> None:
+    """Names for header-less files: none empty, none twice."""
+    if names is None:
+        return
+    if not names or any(not isinstance(name, str) or not name.strip() for name in names):
+        raise ConfigError(f"column_names: {names!r} is not allowed; give the column names in order, none empty")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"column_names: {', '.join(repeated)} named twice; each column needs its own name")
 
 
 def _check_report_to(names: list[str] | None) -> None:

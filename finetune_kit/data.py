@@ -20,6 +20,7 @@ is an error naming its line.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import sys
@@ -62,14 +63,21 @@ def detect_format(path: Path, file_format: str = "auto", fallback: str | None = 
 
 
 def read_file(path: str | Path, file_format: str = "auto", limit: int | None = None,
-              fallback_format: str | None = None) -> Dataset:
+              fallback_format: str | None = None, column_names: list[str] | None = None) -> Dataset:
     """Read one data file; ``limit`` keeps only the first rows (sentences for CoNLL, questions
-    for SQuAD)."""
+    for SQuAD). ``column_names`` names the columns of a CSV or TSV file without a header line
+    (GoEmotions' TSV, say): its first line is then data."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path, file_format, fallback_format)
-    reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll, "text": _read_text}.get(fmt, _read_delimited)
+    if column_names and fmt not in ("csv", "tsv"):
+        raise DataError(f"{path}: column_names names the columns of CSV and TSV files without a header; "
+                        f"this file is read as {fmt}")
+    if fmt in ("csv", "tsv"):
+        reader = functools.partial(_read_delimited, column_names=column_names)
+    else:
+        reader = {"jsonl": _read_jsonl, "json": _read_json, "conll": _read_conll, "text": _read_text}[fmt]
     with utf8_errors_named(path):
         rows = reader(path, fmt, limit)
     if not rows:
@@ -82,7 +90,8 @@ def read_file(path: str | Path, file_format: str = "auto", limit: int | None = N
         raise DataError(f"{path}: the values cannot be stored as a table ({exc})") from None
 
 
-def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, Any]]:
+def _read_delimited(path: Path, fmt: str, limit: int | None,
+                    column_names: list[str] | None = None) -> list[dict[str, Any]]:
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     rows: list[dict[str, Any]] = []
@@ -90,12 +99,15 @@ def _read_delimited(path: Path, fmt: str, limit: int | None) -> list[dict[str, A
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=fmt == "csv")
         line = 1  # where the record being read starts: a quoted field may run over several lines
         try:
-            header = next(reader, None)
-            if header is None:
-                return []
-            header = [h.strip() for h in header]
-            _check_header(path, header)
-            line = reader.line_num + 1
+            if column_names:
+                header = list(column_names)
+            else:
+                header = next(reader, None)
+                if header is None:
+                    return []
+                header = [h.strip() for h in header]
+                _check_header(path, header)
+                line = reader.line_num + 1
             for record in reader:
                 if not record or all(not cell.strip() for cell in record):
                     line = reader.line_num + 1
@@ -473,7 +485,7 @@ def load_splits(config: Any, fallback_format: str | None = None) -> tuple[Datase
     for split, path in (("train", config.train_file), ("validation", config.validation_file), ("test", config.test_file)):
         if path:
             limit = config.max_train_samples if split == "train" else None
-            splits[split] = read_file(path, config.file_format, limit, fallback_format)
+            splits[split] = read_file(path, config.file_format, limit, fallback_format, config.column_names)
             sources[split] = str(path)
     fraction = getattr(config, "validation_fraction", None)
     if fraction and "train" in splits:

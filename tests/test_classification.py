@@ -278,3 +278,32 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path: Path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+
+
+def test_files_without_a_header_train_predict_and_evaluate(tiny_encoder, tmp_path):
+    """column_names reads header-less files in training; predict and evaluate read like files
+    the same way unless told the file has a header (column_names=[])."""
+    from finetune_kit.config import ConfigError
+
+    rows = [(f"{word} film", label) for word, label in [("good", "pos"), ("bad", "neg")] * 4]
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("".join(f"{i}\t{text}\t{label}\n" for i, (text, label) in enumerate(rows)), encoding="utf-8")
+    out = tmp_path / "m"
+    fk.train(task="text-classification", model=tiny_encoder, train_file=str(plain), validation_file=str(plain),
+             output_dir=str(out), batch_size=4, max_steps=1, column_names=["id", "text", "label"])
+    predictor = fk.load(out)
+    assert len(predictor.predict_file(plain)) == len(rows)  # the first line is an example, not a header
+    with_header = tmp_path / "header.tsv"
+    with_header.write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows), encoding="utf-8")
+    assert fk.evaluate(out, with_header, tmp_path / "e", column_names=[])["num_examples"] == len(rows)
+    from typer.testing import CliRunner
+
+    from finetune_kit.cli import app
+
+    done = CliRunner().invoke(app, ["predict", str(out), "--input", str(with_header), "--column-names", "",
+                                    "--output", str(tmp_path / "p.jsonl")])
+    assert done.exit_code == 0, done.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == len(rows)
+    with pytest.raises(ConfigError, match="column_names: text named twice"):
+        fk.train(task="text-classification", model=tiny_encoder, train_file=str(plain), output_dir=str(tmp_path / "x"),
+                 column_names=["text", "text", "label"])

@@ -333,3 +333,21 @@ def test_squad_parts_that_are_not_objects_are_named(tmp_path: Path, paragraph, w
                     encoding="utf-8")
     with pytest.raises(DataError, match=where):
         read_file(path)
+
+
+def test_column_names_read_a_file_without_a_header(tmp_path: Path):
+    """The first line is data; each record must have one field per name; lines count from 1."""
+    path = tmp_path / "plain.tsv"
+    path.write_text('first "text\tpos\t7\nsecond\tneg\t8\n', encoding="utf-8")
+    ds = read_file(path, column_names=["text", "label", "id"])
+    assert ds["text"] == ['first "text', "second"] and ds["id"] == ["7", "8"]
+    assert ds[LINE_COLUMN] == [1, 2]
+    with pytest.raises(DataError, match=r"plain.tsv line 1: expected 2 fields \(text, label\), found 3$"):
+        read_file(path, column_names=["text", "label"])
+    csv_path = tmp_path / "plain.csv"
+    csv_path.write_text('"a, b",x\nc,y\n', encoding="utf-8")
+    assert read_file(csv_path, column_names=["text", "label"])["text"] == ["a, b", "c"]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="rows.jsonl: column_names names the columns of CSV and TSV files"):
+        read_file(jsonl, column_names=["text"])
