@@ -186,15 +186,24 @@ def auto_class(transformers_class: str) -> str:
     return auto if hasattr(transformers, auto) else transformers_class
 
 
+def has_pipeline(pipeline_tag: str | None) -> bool:
+    """Whether transformers has a ``pipeline()`` for the tag: the Hub knows task tags (multiple-choice)
+    that no pipeline implements."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    return pipeline_tag in SUPPORTED_TASKS
+
+
 def transformers_loading(transformers_class: str, pipeline_tag: str | None, model_dir: str, trust: str) -> list[str]:
     auto = auto_class(transformers_class)
+    pipeline_tag = pipeline_tag if has_pipeline(pipeline_tag) else None
     code = ["```python", f"from transformers import AutoTokenizer, {auto}" + (", pipeline" if pipeline_tag else ""),
             "", f"directory = {python_string(model_dir)}  # or the model's Hub id",
             f"model = {auto}.from_pretrained(directory{trust})", "tokenizer = AutoTokenizer.from_pretrained(directory)"]
     if pipeline_tag:
         code.append(f"predict = pipeline({python_string(pipeline_tag)}, model=directory{trust})")
-    return [f"With plain transformers: the directory is a transformers model (`{transformers_class}`, its labels "
-            "in config.json), which loads as it is:", "", *code, "```"]
+    return [f"With plain transformers: the directory is a transformers model (`{transformers_class}`, its "
+            "configuration in config.json), which loads as it is:", "", *code, "```"]
 
 
 def peft_loading(transformers_class: str, model_dir: str, base_model: str, trust: str) -> list[str]:
@@ -244,7 +253,7 @@ def setting_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def model_kind(manifest: Any) -> str:
+def model_kind(manifest: Any, pipeline_tag: str | None = None) -> str:
     """One sentence: which kind of model the directory holds, so which libraries load it."""
     cls = manifest.transformers_class
     if cls is None:
@@ -253,8 +262,9 @@ def model_kind(manifest: Any) -> str:
     if manifest.config.get("lora"):
         return (f"It is a LoRA adapter in peft's layout over a transformers `{cls}`: it loads with peft's "
                 "`PeftModel.from_pretrained` over the base model, and with `finetune_kit.load`.")
-    return (f"It is a transformers model (`{cls}`): it loads with `{auto_class(cls)}.from_pretrained` and "
-            "`pipeline()`, and with `finetune_kit.load`.")
+    pipeline = " and `pipeline()`" if has_pipeline(pipeline_tag) else ""
+    return (f"It is a transformers model (`{cls}`): it loads with `{auto_class(cls)}.from_pretrained`{pipeline}, "
+            "and with `finetune_kit.load`.")
 
 
 def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[str, Any], model_dir: str,
@@ -267,7 +277,7 @@ def render_model_card(manifest: Any, data: list[dict[str, Any]], report: dict[st
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {markdown_text(Path(model_dir).name or 'model')}: {task}", "",
              f"A `{task}` model fine-tuned with finetune-kit from {markdown_code(manifest.base_model)}. "
-             + model_kind(manifest)]
+             + model_kind(manifest, pipeline_tag)]
     lines += ["", "## Base encoder", "", f"{markdown_code(manifest.base_model)}, adapted by "
               + ("LoRA adapters (the task head trained fully)" if config.get("lora") else "full fine-tuning")
               + (f"; only the top {config['train_top_layers']} layer(s) trained"

@@ -137,3 +137,14 @@ def test_the_card_of_a_trained_transformers_model_is_read_by_the_hub_and_its_rec
     exec(snippet, scope)  # noqa: S102 - the card's own instructions
     assert type(scope["model"]).__name__ == "BertForSequenceClassification"
     assert scope["predict"]("good movie")[0]["label"] in ("pos", "neg")
+
+
+def test_the_card_offers_pipeline_only_where_transformers_has_one():
+    """The Hub's multiple-choice tag has no transformers pipeline: no pipeline() line for it."""
+    from finetune_kit.model_card import has_pipeline, transformers_loading
+
+    assert has_pipeline("text-classification") and not has_pipeline("multiple-choice") and not has_pipeline(None)
+    choice = "\n".join(transformers_loading("BertForMultipleChoice", "multiple-choice", "out", ""))
+    assert "AutoModelForMultipleChoice.from_pretrained(directory)" in choice and "pipeline" not in choice
+    text = "\n".join(transformers_loading("BertForSequenceClassification", "text-classification", "out", ""))
+    assert 'predict = pipeline("text-classification", model=directory)' in text
