@@ -109,7 +109,29 @@ def curve_png(block: dict[str, Any]) -> bytes:
     return _png(figure)
 
 
-RENDERERS = {"bars": bar_chart_png, "heatmap": heatmap_png, "curve": curve_png}
+def scatter_png(block: dict[str, Any]) -> bytes:
+    """Points (small and translucent where there are many), equal axes, and the line y = x."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(4.2, 4.2))
+    many = len(block["x"]) > 300
+    axes.scatter(block["x"], block["y"], s=4 if many else 12, alpha=0.35 if many else 0.8, linewidths=0)
+    if block["x"]:
+        low = min(min(block["x"]), min(block["y"]))
+        high = max(max(block["x"]), max(block["y"]))
+        margin = (high - low) * 0.03 or 0.5
+        limits = (low - margin, high + margin)
+        if block.get("diagonal"):
+            axes.plot(limits, limits, color="gray", linestyle="--", linewidth=1)
+        axes.set_xlim(limits)
+        axes.set_ylim(limits)
+        axes.set_aspect("equal")
+    axes.set_xlabel(block.get("xlabel", ""))
+    axes.set_ylabel(block.get("ylabel", ""))
+    _title(axes, block["title"], figure)
+    return _png(figure)
+
+
+RENDERERS = {"bars": bar_chart_png, "heatmap": heatmap_png, "curve": curve_png, "scatter": scatter_png}
 
 
 def render_png(block: dict[str, Any]) -> bytes:

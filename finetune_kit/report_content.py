@@ -73,8 +73,21 @@ class Curve(_ChartOptions):
     steps: bool
 
 
-Block = Union[Table, BarChart, Heatmap, Curve]
-CHART_KINDS = ("bars", "heatmap", "curve")
+class Scatter(_ChartOptions):
+    kind: Literal["scatter"]
+    title: str
+    xlabel: str
+    ylabel: str
+    x: list[float]
+    y: list[float]
+    diagonal: bool  # the line y = x (a perfect prediction) drawn under the points
+    total: int  # points before thinning (``x`` holds at most ``MAX_SCATTER_POINTS``)
+
+
+Block = Union[Table, BarChart, Heatmap, Curve, Scatter]
+CHART_KINDS = ("bars", "heatmap", "curve", "scatter")
+MAX_SCATTER_POINTS = 2000  # kept in report.json per scatter plot, evenly spread over the x order
+SCATTER_TABLE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,31 @@ def curve(title: str, xlabel: str, ylabel: str, series: dict[str, tuple[Sequence
             "markers": [{"x": float(x), "label": label} for x, label in markers or []], "steps": steps}
 
 
+def scatter(title: str, xlabel: str, ylabel: str, x: Sequence[float], y: Sequence[float],
+            diagonal: bool = False) -> Scatter:
+    """One point per example (gold against predicted, say), with the line y = x when ``diagonal``.
+    A large split keeps ``MAX_SCATTER_POINTS`` of its points, evenly spread over the x order, so
+    that the plot keeps its shape and report.json stays small."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    order = np.argsort(xs, kind="stable")
+    if len(order) > MAX_SCATTER_POINTS:
+        order = order[np.linspace(0, len(order) - 1, MAX_SCATTER_POINTS).round().astype(int)]
+    return {"kind": "scatter", "title": title, "xlabel": xlabel, "ylabel": ylabel, "x": xs[order].tolist(),
+            "y": ys[order].tolist(), "diagonal": diagonal, "total": len(xs)}
+
+
+def scatter_as_table(block: Scatter) -> Table:
+    """A scatter plot without its image: the points in up to ten bins of x of equal count, each
+    with its x range, its number of points (of those kept) and the mean and spread of y."""
+    xs, ys = np.asarray(block["x"]), np.asarray(block["y"])
+    rows = [[f"{part_x.min():.4g} to {part_x.max():.4g}", len(part_x), float(part_y.mean()), float(part_y.std())]
+            for part_x, part_y in zip(np.array_split(xs, min(SCATTER_TABLE_BINS, len(xs))),
+                                      np.array_split(ys, min(SCATTER_TABLE_BINS, len(ys)))) if len(part_x)]
+    kept = f" ({len(xs)} of its {block['total']} points)" if len(xs) < block["total"] else ""
+    return table(block["title"], [block["xlabel"], "points", f"mean {block['ylabel']}", f"sd {block['ylabel']}"],
+                 rows, note=f"The plot's points{kept} binned by {block['xlabel']}.")
+
+
 def marked(text: str, marks: Sequence[tuple[int, int, str]]) -> MarkedText:
     """Text with labelled character spans (entities, answers) to show in place; spans may nest."""
     return {"text": text, "marks": [[int(s), int(e), str(label)] for s, e, label in marks]}
@@ -176,6 +214,8 @@ def chart_as_table(block: Block) -> Table:
     if block["kind"] == "heatmap":
         return table(block["title"], ["gold \\ predicted", *block["labels"]],
                      [[label, *row] for label, row in zip(block["labels"], block["matrix"])])
+    if block["kind"] == "scatter":
+        return scatter_as_table(block)
     rows = [[name, x, y] for name, points in block["series"].items() for x, y in zip(points["x"], points["y"])]
     return table(block["title"], ["series", block["xlabel"], block["ylabel"]], rows)
 

@@ -2,7 +2,8 @@
 
 Per split: its summary blocks under the split's heading, the headline metrics with their
 intervals, then the sections. Charts are links to their PNG files; where no plots were written
-a heat map's numbers appear as a table, and bar charts and curves are left out.
+a heat map's numbers and a scatter plot's points binned by x appear as tables, and bar charts and
+curves are left out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def blocks_markdown(blocks: list[Block], with_plots: bool) -> list[str]:
                 lines.append(markdown_text(block["note"]))
         elif "plot" in block and with_plots:
             lines.append(f"![{markdown_text(block['title'])}]({block['plot']})")
-        elif block["kind"] == "heatmap":
+        elif block["kind"] in ("heatmap", "scatter"):
             shown = chart_as_table(block)
             lines += [f"**{markdown_text(shown['title'])}**", markdown_table(shown["columns"], shown["rows"])]
     return lines

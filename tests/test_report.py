@@ -496,3 +496,23 @@ def test_train_and_evaluate_write_reports_card_and_compare(tiny_encoder, sentime
 
     result = runner.invoke(app, ["compare", str(out), str(tmp_path)])
     assert result.exit_code == 2 and "no metrics.json" in result.output
+
+
+def test_a_scatter_block_keeps_its_shape_and_has_a_table_without_its_image():
+    """At most MAX_SCATTER_POINTS points, spread over the x order (the extremes kept); without an
+    image the points are binned by x with the mean of y; the PNG renders."""
+    import numpy as np
+
+    from finetune_kit.plots import render_png
+    from finetune_kit.report_content import MAX_SCATTER_POINTS, chart_as_table, scatter
+
+    x = np.arange(5000, dtype=float)[::-1]
+    block = scatter("Gold against predicted", "gold", "predicted", x, 2 * x, diagonal=True)
+    assert len(block["x"]) == MAX_SCATTER_POINTS and block["total"] == 5000
+    assert block["x"][0] == 0 and block["x"][-1] == 4999 and block["x"] == sorted(block["x"])
+    assert all(y == 2 * xv for xv, y in zip(block["x"], block["y"]))
+    shown = chart_as_table(block)
+    assert len(shown["rows"]) == 10 and sum(row[1] for row in shown["rows"]) == MAX_SCATTER_POINTS
+    first_bin = [xv for xv in block["x"][:200]]
+    assert shown["rows"][0][2] == pytest.approx(2 * np.mean(first_bin))
+    assert render_png(block)[:8] == b"\x89PNG\r\n\x1a\n"
