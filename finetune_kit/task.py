@@ -40,6 +40,15 @@ def label_name(value: Any) -> str:
     return str(value).strip()
 
 
+def sort_labels(names: Iterable[str]) -> list[str]:
+    """A label set in its saved order: integers numerically, any other names alphabetically."""
+    names = set(names)
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
 # Kept for plugins written before ``TaskBase.task_options``; they word a refused value as the
 # declarations do. A new task declares its options and calls ``TaskBase.read_options`` instead.
 def checked_options(task_name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -58,9 +58,9 @@ from finetune_kit.task import (
     TaskOption,
     TaskSettings,
     label_name,
+    sort_labels,
     text_examples,
 )
-from finetune_kit_tasks.text_classification import sort_labels
 
 # The thresholds tuning tries: 0.05, 0.06, ..., 0.95.
 THRESHOLD_GRID = np.round(np.arange(5, 96) / 100, 2)

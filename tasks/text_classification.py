@@ -61,6 +61,7 @@ from finetune_kit.task import (
     TaskOption,
     TaskSettings,
     label_name,
+    sort_labels,
     text_examples,
 )
 
@@ -72,14 +73,6 @@ OLD_DEFAULT_POOLING = "cls"
 POOLER_READERS = frozenset({TRANSFORMERS_HEAD, "pooler"})
 
 OPTION_FLAGS = {"text": "--text-column", "text_pair": "--text-pair-column", "label": "--label-column"}
-
-
-def sort_labels(names: Iterable[str]) -> list[str]:
-    names = set(names)
-    try:
-        return sorted(names, key=int)
-    except ValueError:
-        return sorted(names)
 
 
 class SequenceClassifier(nn.Module):
