@@ -8,7 +8,7 @@ with its labels. A label is predicted when its sigmoid probability reaches a dec
 That threshold is tuned after training on the validation predictions of the best weights (one
 for all labels, for the best macro F1, or one per label, for that label's F1) and saved with the
 model; ``threshold`` fixes it instead. Pairs (``first [SEP] second``) are read when the training
-data has the ``text_pair`` column.
+data has the ``text_pair`` column, or the run names a pair column (which must then be there).
 
 The gold labels of an example come in one of three layouts:
 
@@ -65,6 +65,9 @@ from finetune_kit.task import (
 # The thresholds tuning tries: 0.05, 0.06, ..., 0.95.
 THRESHOLD_GRID = np.round(np.arange(5, 96) / 100, 2)
 DEFAULT_THRESHOLD = 0.5
+# A label's share in the prior bias is kept within [PRIOR_CLIP, 1 - PRIOR_CLIP]: a label never (or
+# always) seen in training gets a large, finite log-odds.
+PRIOR_CLIP = 1e-3
 INTEGER = re.compile(r"-?\d+")
 # 0/1 cells of a label column, as CSV (text) or JSON (numbers, booleans) gives them.
 FLAG_VALUES = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
@@ -165,6 +168,9 @@ class MultiLabelClassificationTask(TaskBase):
         TaskOption("threshold", None, "predict a label at this probability instead of tuning a threshold on "
                    "validation (null: tune)", kind="number", minimum=0, maximum=1, exclusive_minimum=True,
                    exclusive_maximum=True, optional=True),
+        TaskOption("prior_bias", True, "start each label's output bias at the log-odds of its share of the "
+                   "training examples, so training starts from the label prior instead of 0.5 for every label",
+                   kind="flag"),
         TaskOption("per_label_threshold", False, "tune one threshold per label (each for its own F1) instead "
                    "of one for all (for macro F1)", kind="flag"),
     )
@@ -181,6 +187,8 @@ class MultiLabelClassificationTask(TaskBase):
         self.label_to_id: dict[str, int] = {}
         self.integer_ids = False  # integer labels are ids into ``labels`` (label_names was given)
         self.pairs = False
+        # each label's share of the training examples (after ``setup``), for ``prior_bias``
+        self.label_prior: np.ndarray | None = None
         self.tokenizer: Any = None
         self._collator: InputPadder | None = None
 
@@ -349,6 +357,7 @@ class MultiLabelClassificationTask(TaskBase):
         self._set_tokenizer(tokenizer)
         for split, ds in raw.items():
             self.validate(ds, split, sources[split])
+        self.label_prior = self.gold_matrix(train, sources["train"]).mean(axis=0)
 
     def set_labels(self, labels: list[str]) -> None:
         self.labels = list(labels)
@@ -400,7 +409,23 @@ class MultiLabelClassificationTask(TaskBase):
             problem_type="multi_label_classification",
         )
         self.head_modules = head_module_names(model)
+        if self.options["prior_bias"] and self.label_prior is not None:
+            self._start_from_the_prior(model)
         return model
+
+    def _start_from_the_prior(self, model: nn.Module) -> None:
+        """Set the output layer's biases to the log-odds of the labels' training shares. A new head
+        starts at probability 0.5 for every label, so with rare labels (most of GoEmotions' 28 are
+        on under 5% of the examples) the first part of training only pulls every output down to
+        its base rate; starting there, the gradient goes to telling examples apart at once.
+        Only a newly built model: a loaded one gets its trained weights after this."""
+        outputs = [module for name in self.head_modules for module in getattr(model, name).modules()
+                   if isinstance(module, nn.Linear) and module.out_features == len(self.labels)]
+        if not outputs or outputs[-1].bias is None:
+            return
+        share = np.clip(self.label_prior, PRIOR_CLIP, 1 - PRIOR_CLIP)
+        with torch.no_grad():
+            outputs[-1].bias.copy_(torch.from_numpy(np.log(share / (1 - share))))
 
     # -- features ----------------------------------------------------------------------------
     def preprocess(self, batch: dict[str, list], split: str) -> dict[str, list]:

@@ -1,8 +1,8 @@
 """``regression``: one or several numbers per text, or per pair of texts (e.g. STS-B similarity).
 
 Inputs. A single text (``text_column``), or a pair encoded as one sequence, ``first [SEP] second``,
-when the training data has the run's ``text_pair_column`` (STS-B: ``--text-column sentence1
---text-pair-column sentence2 --label-column score``). The mode is saved with the model; the Python
+when the training data has the ``text_pair`` column or the run names a pair column, which must then
+be there (STS-B: ``--text-column sentence1 --text-pair-column sentence2 --label-column score``). The mode is saved with the model; the Python
 API then takes strings, or (text, text_pair) tuples, or dicts of columns.
 
 Targets. By default one number per example in the label column (``label``): ``"3.8"`` in CSV/TSV

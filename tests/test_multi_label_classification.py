@@ -443,6 +443,20 @@ def test_an_architecture_without_a_transformers_classifier_is_a_task_error(token
         task.build_model(encoder)
 
 
+@pytest.mark.parametrize("prior_bias", [True, False])
+def test_a_new_head_starts_at_the_label_prior(tokenizer, tiny_encoder, prior_bias):
+    """Output biases at the log-odds of the training shares (a 1/4, b 3/4, c never: kept at
+    1/1000); with prior_bias=false the head's own zero biases."""
+    from transformers import AutoModel
+
+    rows = [{"text": "x", "labels": ["a"]}, {"text": "y", "labels": ["b"]}, {"text": "z", "labels": ["b"]},
+            {"text": "w", "labels": ["b"]}]
+    task = set_up(tokenizer, {"train": rows}, label_names="a,b,c", prior_bias=prior_bias)
+    model = task.build_model(AutoModel.from_pretrained(tiny_encoder))
+    probabilities = torch.sigmoid(model.classifier.bias).detach().numpy()
+    np.testing.assert_allclose(probabilities, [0.25, 0.75, 0.001] if prior_bias else [0.5] * 3, rtol=1e-5)
+
+
 def test_a_training_set_without_labels_is_refused(tokenizer):
     with pytest.raises(TaskError, match="no example has a label"):
         set_up(tokenizer, {"train": [{"text": "x", "labels": []}]})
