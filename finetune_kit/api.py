@@ -47,7 +47,7 @@ from .report import ReportSettings, split_report, write_evaluation
 from .report_markdown import summary_markdown
 from .task import Task, TaskError
 from .accelerator import new_accelerator
-from .inference import evaluate_raw, predict_raw, prepare_features
+from .inference import evaluate_raw, predict_raw, prepare_features, rows_dataset
 from .trackers import accelerator_settings, check_trackers_installed, log_evaluation, start_tracking, tracking
 from .trainer import Trainer
 
@@ -369,7 +369,7 @@ class Predictor:
         rows = self.task.to_examples(input_list(inputs))
         if not rows:
             return []
-        return self.predict_dataset(Dataset.from_list(rows))
+        return self.predict_dataset(rows_dataset(rows))
 
     def predict_dataset(self, raw: Dataset, source: str = "input") -> list[dict[str, Any]]:
         self.task.validate(raw, "predict", source)

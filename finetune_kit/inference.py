@@ -20,8 +20,40 @@ FEATURE_INDEX = "_feature_index"
 
 
 
+# datasets.map's batch size: a split of at most this many rows is one batch of it.
+MAP_BATCH_ROWS = 1000
+
+
+def in_memory_dataset(columns: dict[str, list]) -> Dataset:
+    """``Dataset.from_dict(columns)`` with a random fingerprint instead of a hash of the data:
+    such a dataset is never cached, and hashing it is most of a small predict call's time. Values
+    that Arrow cannot take as they are go through ``from_dict``, and its errors."""
+    import pyarrow as pa
+    from datasets.fingerprint import generate_random_fingerprint
+    from datasets.table import InMemoryTable
+
+    try:
+        table = InMemoryTable.from_pydict(columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return Dataset.from_dict(columns)
+    return Dataset(table, fingerprint=generate_random_fingerprint())
+
+
+def rows_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    """``Dataset.from_list(rows)`` as ``in_memory_dataset`` makes it (the first row's keys)."""
+    return in_memory_dataset({key: [row.get(key) for row in rows] for key in rows[0]} if rows else {})
+
+
 def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
-    """Run the task's preprocessing over a raw split (the raw row index passed as ``ROW_INDEX``)."""
+    """Run the task's preprocessing over a raw split (the raw row index passed as ``ROW_INDEX``).
+
+    A split of at most ``MAP_BATCH_ROWS`` rows is preprocessed in one call, the one batch
+    ``datasets.map`` would make of it, without ``map``: its cache fingerprint pickles the task and
+    its tokenizer, most of the time of a predict call for a few inputs."""
+    if len(raw) <= MAP_BATCH_ROWS:
+        features = task.preprocess({**raw.to_dict(), ROW_INDEX: list(range(len(raw)))}, split)
+        count = len(features["example_index"])
+        return in_memory_dataset({**features, FEATURE_INDEX: list(range(count))})
 
     def run(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         return task.preprocess({**batch, ROW_INDEX: indices}, split)
@@ -74,7 +106,23 @@ def stream_outputs(
         collate_fn=make_collate(task),
     )
     loader = accelerator.prepare_data_loader(loader)
-    seen = np.zeros(len(features), dtype=bool)
+    try:
+        yield from _run_loader(accelerator, model, loader, len(features), losses)
+    finally:
+        forget_data_loader(accelerator, loader)
+
+
+def forget_data_loader(accelerator: Accelerator, loader: Any) -> None:
+    """Drop an evaluation's data loader from those Accelerate keeps for ``save_state``: kept, it
+    would hold every split and predict call's features for the life of the process."""
+    registered = getattr(accelerator, "_dataloaders", None)
+    if registered is not None:
+        registered[:] = [kept for kept in registered if kept is not loader]
+
+
+def _run_loader(accelerator: Accelerator, model: torch.nn.Module, loader: Any, count: int,
+                losses: list[float] | None) -> Iterator[OutputBatch]:
+    seen = np.zeros(count, dtype=bool)
     model.eval()
     # no_grad rather than inference_mode: FSDP's unsharded parameters made under inference mode
     # cannot be used again by the training steps that follow an evaluation.
