@@ -513,6 +513,19 @@ def require_columns(ds: Dataset, columns: Iterable[str], source: str, option_hin
             )
 
 
+def require_text(ds: Dataset, columns: Iterable[str], source: str) -> None:
+    """Every value of the text ``columns`` is a string that is not blank; else an error naming the
+    file, the line and the column."""
+    columns = list(columns)
+    for row in iter_rows(ds, columns):
+        for column in columns:
+            value = row[column]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"{where(source, row)}: column '{column}' is empty")
+            if not isinstance(value, str):
+                raise DataError(f"{where(source, row)}: column '{column}' is not text ({type(value).__name__})")
+
+
 def iter_rows(ds: Dataset, columns: Iterable[str]) -> Iterable[dict[str, Any]]:
     """The rows of ``ds`` as dicts of the given columns (those present) and the location columns
     that ``where`` reads, one column read at a time."""

@@ -37,7 +37,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
-from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, where
+from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
 from finetune_kit.heads import has_transformers_head, head_module_names, transformers_model
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
@@ -369,13 +369,7 @@ class MultiLabelClassificationTask(TaskBase):
         labelled = split != "predict"
         require_columns(raw, self.text_columns() + (self.gold_columns() if labelled else []), source,
                         self._column_hints())
-        for row in iter_rows(raw, self.text_columns()):
-            for column in self.text_columns():
-                value = row[column]
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise DataError(f"{where(source, row)}: column '{column}' is empty")
-                if not isinstance(value, str):
-                    raise DataError(f"{where(source, row)}: column '{column}' is not text ({type(value).__name__})")
+        require_text(raw, self.text_columns(), source)
         if labelled and self.labels:
             self._label_sets(iter_rows(raw, self.gold_columns()), source)
 

@@ -51,7 +51,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
-from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, where
+from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
 from finetune_kit.heads import (
     has_transformers_head,
     head_module_names,
@@ -360,13 +360,7 @@ class RegressionTask(TaskBase):
             raise DataError(f"{source}: no examples")
         gold_columns = [] if split == "predict" else self.gold_columns()
         require_columns(raw, self.text_columns() + gold_columns, source, self._column_hints())
-        for row in iter_rows(raw, self.text_columns()):
-            for column in self.text_columns():
-                value = row[column]
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise DataError(f"{where(source, row)}: column '{column}' is empty")
-                if not isinstance(value, str):
-                    raise DataError(f"{where(source, row)}: column '{column}' is not text ({type(value).__name__})")
+        require_text(raw, self.text_columns(), source)
         if split != "predict":
             self.gold(raw, source)
 
