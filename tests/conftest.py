@@ -37,6 +37,18 @@ def build_tiny_encoder(directory: Path, seed: int = 0, **config_overrides: objec
     return directory
 
 
+def one_torch_thread():
+    """Body of a module's autouse fixture (``pytest.fixture(scope="module", autouse=True)(...)``)
+    for bit-identical comparisons: the same reductions need the same thread count in every run
+    compared, module-scoped fixtures included; one thread is also faster on a busy small machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert")))

@@ -30,6 +30,7 @@ from finetune_kit.task import DataError, TaskError, TaskSettings
 from finetune_kit_tasks.multi_label_classification import MultiLabelClassificationTask, multi_label_metrics
 from tests.conftest import SHARED_DATA, write_csv, write_jsonl
 from tests.test_distributed import launch_training, rounded
+from tests.test_resume import without_timing
 
 TASK = "multi-label-classification"
 LABELS = ["animal", "color", "size"]
@@ -45,7 +46,6 @@ PAIRS = [("the cat sat", "on the red mat", ["animal", "color"]), ("she went", "t
 QUICK = {"batch_size": 4, "learning_rate": 1e-2, "max_length": 32, "report_plots": False,
          "bootstrap_resamples": 200}
 GRID = [round(k / 100, 2) for k in range(5, 96)]
-TIMING_FIELDS = {"elapsed_s", "tokens_per_s", "train_runtime_s"}
 
 
 def best_on_grid(f1_of) -> float:
@@ -63,14 +63,6 @@ def score_matrix(predictions, labels=LABELS) -> np.ndarray:
 
 def manifest(model_dir: Path) -> dict:
     return json.loads((model_dir / "finetune_kit.json").read_text(encoding="utf-8"))
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING_FIELDS}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
 
 
 # -- the two trained models ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from finetune_kit.inference import make_collate, prepare_features, split_model_i
 from finetune_kit.registry import get_task_class
 from finetune_kit.saved_models import task_settings
 from finetune_kit.task import TaskError
-from tests.conftest import SHARED_DATA, write_csv, write_jsonl
+from tests.conftest import SHARED_DATA, one_torch_thread, write_csv, write_jsonl
 from tests.test_distributed import launch_training, validation_metrics
 
 # (question, choices, index of the right one): the right choice repeats a word of the question;
@@ -64,13 +64,7 @@ def new_task(**options):
     return task_class(task_settings({"task_options": options, "max_length": 32}, task_class))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The resumed run must repeat the reference run's arithmetic exactly (same thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)  # bit-identical resumes
 
 
 @pytest.fixture(scope="module")

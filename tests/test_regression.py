@@ -32,10 +32,11 @@ from finetune_kit.inference import prepare_features
 from finetune_kit.modeling import load_pretrained_encoder
 from finetune_kit.registry import get_task_class
 from finetune_kit.task import ROW_INDEX, TaskError, TaskSettings, greater_is_better
-from tests.conftest import NEGATIVE, POSITIVE, SHARED_DATA, write_csv, write_jsonl
+from tests.conftest import NEGATIVE, POSITIVE, SHARED_DATA, one_torch_thread, write_csv, write_jsonl
 from tests.test_distributed import (
     assert_same_metrics,
     launch_training,
+    log_records,
     validation_metrics,
 )
 
@@ -48,17 +49,7 @@ PAIRS = [("the cat sat on the mat", "the cat sat", 3.8), ("the dog ran in the pa
 QUIET = {"report_plots": False, "bootstrap_resamples": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The resume test compares weights bit for bit: every run of the module uses one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def log_records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)  # bit-identical resumes
 
 
 def manifest(out: Path) -> dict:

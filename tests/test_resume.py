@@ -26,20 +26,13 @@ from finetune_kit.checkpoints import (
 )
 from finetune_kit.cli import app
 from finetune_kit.config import ConfigError
-from tests.conftest import NEGATIVE, POSITIVE, write_csv
+from tests.conftest import NEGATIVE, POSITIVE, one_torch_thread, write_csv
 
 TIMING_FIELDS = {"elapsed_s", "tokens_per_s", "train_runtime_s"}
 ROWS = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-identical comparisons need the same reductions (the same thread count in every run
-    compared, module-scoped fixtures included); one thread is also faster on a busy small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)  # bit-identical resumes
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
