@@ -21,7 +21,7 @@ from torch import nn
 from .adapters import apply_lora, freeze, is_peft_model, merge_adapter
 from .checkpoints import check_data, data_fingerprint, find_resume_checkpoint, list_checkpoints
 from .config import ConfigError, TrainConfig, load_config
-from .data import load_splits, read_file
+from .data import detect_format, load_splits, read_file
 from .modeling import (
     MANIFEST,
     WEIGHTS,
@@ -381,12 +381,12 @@ class Predictor:
 
     def read_file(self, path: str | Path, file_format: str = "auto", column_names: list[str] | None = None) -> Dataset:
         """Read a file the way this model's task reads its data. ``column_names`` names the columns
-        of a CSV or TSV file without a header; None: as the training run's files (``[]``: the file
-        has a header)."""
-        if column_names is None:
+        of a CSV or TSV file without a header; None: as the training run's CSV and TSV files (any
+        other format has its own names), ``[]``: the file has a header."""
+        fallback = file_format_fallback(self.task)
+        if column_names is None and detect_format(Path(path), file_format, fallback) in ("csv", "tsv"):
             column_names = self.config.get("column_names")
-        return read_file(path, file_format, fallback_format=file_format_fallback(self.task),
-                         column_names=column_names or None)
+        return read_file(path, file_format, fallback_format=fallback, column_names=column_names or None)
 
     def evaluate_dataset(self, raw: Dataset, source: str) -> dict[str, Any]:
         return self.evaluate_with_predictions(raw, source)[0]

@@ -293,6 +293,9 @@ def test_files_without_a_header_train_predict_and_evaluate(tiny_encoder, tmp_pat
              output_dir=str(out), batch_size=4, max_steps=1, column_names=["id", "text", "label"])
     predictor = fk.load(out)
     assert len(predictor.predict_file(plain)) == len(rows)  # the first line is an example, not a header
+    # the training run's names are for CSV/TSV files: a JSON Lines file has its own
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", [{"text": text} for text, _ in rows])
+    assert len(predictor.predict_file(jsonl)) == len(rows)
     with_header = tmp_path / "header.tsv"
     with_header.write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows), encoding="utf-8")
     assert fk.evaluate(out, with_header, tmp_path / "e", column_names=[])["num_examples"] == len(rows)
