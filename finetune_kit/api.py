@@ -302,6 +302,9 @@ def input_list(inputs: Any) -> list[Any]:
     return list(inputs)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class Predictor:
     """A trained model loaded from its directory, ready to predict and evaluate.
 
@@ -309,8 +312,11 @@ class Predictor:
     training run's settings in the manifest say: a model directory cannot grant itself trust."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
-                 **column_overrides: str | None) -> None:
+                 precision: str = "fp32", **column_overrides: str | None) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model_dir = Path(model_dir)
+        self.precision = precision
         self.manifest = read_manifest(self.model_dir)
         config = dict(self.manifest.config)
         config.update({k: v for k, v in column_overrides.items() if v is not None})
@@ -323,7 +329,8 @@ class Predictor:
         self._check_max_length()
         self.task.load_state(self.manifest.task_state, self.tokenizer)
         self.model = self._saved_model(trust_remote_code)
-        self.accelerator = new_accelerator()
+        # bf16: the forward pass runs under autocast (matmuls in bf16, outputs back in fp32).
+        self.accelerator = new_accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
         self.model = self.accelerator.prepare_model(self.model, evaluation_mode=True)
         self.model.eval()
 
@@ -431,13 +438,14 @@ def export_encoder(model_dir: str | Path, output_dir: str | Path, trust_remote_c
     return output_dir
 
 
-def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
+def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False, precision: str = "fp32",
          **column_overrides: str | None) -> Predictor:
     """Load a model directory written by ``train``, or the Hub id of one (downloaded, or read from
     the local cache offline); ``trust_remote_code`` lets Python code shipped in it run (a model
-    trained with --trust-remote-code needs it again here)."""
+    trained with --trust-remote-code needs it again here); ``precision="bf16"`` runs the model under
+    bf16 autocast (faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; outputs differ slightly)."""
     return Predictor(resolve_model_dir(model_dir), batch_size=batch_size, trust_remote_code=trust_remote_code,
-                     **column_overrides)
+                     precision=precision, **column_overrides)
 
 
 def evaluate(

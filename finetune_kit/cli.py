@@ -23,6 +23,8 @@ app = typer.Typer(
 STDOUT = "-"  # predict --output -: the predictions go to standard output
 TRUST_SAVED_HELP = ("Run Python code shipped in the model directory (a model trained with --trust-remote-code "
                     "needs it again; only for models you trust).")
+PRECISION_HELP = ("fp32, or bf16: the model runs under bf16 autocast (faster on CPUs with AMX/AVX-512 BF16 and "
+                  "recent GPUs; scores differ slightly).")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -195,6 +197,7 @@ def predict(
         None, metavar="NAMES", help="The columns of a CSV/TSV file without a header line, comma-separated "
         "(default: as in training; \"\": the file has a header)."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
@@ -209,7 +212,7 @@ def predict(
     if not to_stdout:
         _check_output(check_output_file, output)
     predictor = _run(load, model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                     text_column=text_column, text_pair_column=text_pair_column)
+                     precision=precision, text_column=text_column, text_pair_column=text_pair_column)
     predictions = _run(predictor.predict_file, input_file, file_format, _names(column_names))
     if not to_stdout:
         paths = _write_predictions(predictor.task, predictions, output)
