@@ -43,6 +43,7 @@ from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
 from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings
 from .model_card import describe_data, write_model_card
+from .onnx_runtime import ONNX_FILE, OnnxTaskModel, resolve_backend
 from .report import ReportSettings, split_report, write_evaluation
 from .report_markdown import summary_markdown
 from .task import Task, TaskError
@@ -303,6 +304,7 @@ def input_list(inputs: Any) -> list[Any]:
 
 
 PRECISIONS = ("fp32", "bf16")
+EXPORT_FORMATS = ("safetensors", "onnx")
 
 
 class Predictor:
@@ -312,12 +314,17 @@ class Predictor:
     training run's settings in the manifest say: a model directory cannot grant itself trust."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False,
-                 precision: str = "fp32", **column_overrides: str | None) -> None:
+                 precision: str = "fp32", backend: str = "auto", **column_overrides: str | None) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model_dir = Path(model_dir)
         self.precision = precision
         self.manifest = read_manifest(self.model_dir)
+        # "torch" or "onnxruntime" (a directory written by `export --format onnx`)
+        self.backend = resolve_backend(backend, self.model_dir, onnx_only=self.manifest.onnx is not None)
+        if self.backend == "onnxruntime" and precision != "fp32":
+            raise ConfigError(f"precision: {precision} is for the torch backend; an ONNX model runs as it was "
+                              f"exported (fp32, or int8 with --quantize int8): use precision fp32")
         config = dict(self.manifest.config)
         config.update({k: v for k, v in column_overrides.items() if v is not None})
         self.config = config
@@ -328,6 +335,10 @@ class Predictor:
         self.encoder_config = load_encoder_config(self.model_dir, trust_remote_code)
         self._check_max_length()
         self.task.load_state(self.manifest.task_state, self.tokenizer)
+        if self.backend == "onnxruntime":  # an ONNX Runtime session, called as the torch model is
+            self.accelerator = new_accelerator(mixed_precision="no")
+            self.model: Any = OnnxTaskModel(self.model_dir / ONNX_FILE)
+            return
         self.model = self._saved_model(trust_remote_code)
         # bf16: the forward pass runs under autocast (matmuls in bf16, outputs back in fp32).
         self.accelerator = new_accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
@@ -353,6 +364,8 @@ class Predictor:
         """Write a self-contained model directory that loads without peft: the LoRA updates
         merged into the encoder (``merge``), or a copy of full weights."""
         output_dir = Path(output_dir)
+        if self.backend == "onnxruntime":
+            raise ModelDirError(f"{self.model_dir}: holds an ONNX model; export the model directory it was made from")
         if self.is_adapter and not merge:
             raise ModelDirError(f"{self.model_dir}: holds a LoRA adapter; pass --merge (merge=True) to export it "
                                 "merged into the encoder")
@@ -406,8 +419,20 @@ class Predictor:
         return metrics, predictions
 
 
-def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False, trust_remote_code: bool = False) -> Path:
-    """Write ``model_dir`` as a self-contained model that loads without peft (see ``Predictor.export``)."""
+def export(model_dir: str | Path, output_dir: str | Path, merge: bool = False, trust_remote_code: bool = False,
+           format: str = "safetensors", quantize: str | None = None) -> Path:
+    """Write ``model_dir`` as a self-contained model that loads without peft (see ``Predictor.export``);
+    ``format="onnx"``: as an ONNX model directory (LoRA merged; ``quantize="int8"``: int8 weights),
+    which ``load`` runs with onnxruntime (``onnx_export.export_onnx``)."""
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format: {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if format == "onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx(resolve_model_dir(model_dir), output_dir, quantize=quantize,
+                           trust_remote_code=trust_remote_code)
+    if quantize is not None:
+        raise ConfigError(f"quantize: {quantize} is for ONNX export; add --format onnx (format=\"onnx\")")
     if read_manifest(model_dir).config.get("lora") and not merge:
         raise ModelDirError(f"{model_dir}: holds a LoRA adapter; pass --merge (merge=True) to export it merged "
                             "into the encoder")
@@ -439,13 +464,16 @@ def export_encoder(model_dir: str | Path, output_dir: str | Path, trust_remote_c
 
 
 def load(model_dir: str | Path, batch_size: int = 64, trust_remote_code: bool = False, precision: str = "fp32",
-         **column_overrides: str | None) -> Predictor:
+         backend: str = "auto", **column_overrides: str | None) -> Predictor:
     """Load a model directory written by ``train``, or the Hub id of one (downloaded, or read from
     the local cache offline); ``trust_remote_code`` lets Python code shipped in it run (a model
     trained with --trust-remote-code needs it again here); ``precision="bf16"`` runs the model under
-    bf16 autocast (faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; outputs differ slightly)."""
+    bf16 autocast (faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; outputs differ slightly).
+    ``backend``: ``torch``, ``onnxruntime`` (a directory written by ``export --format onnx``) or
+    ``auto`` (onnxruntime when the directory holds model.onnx, else torch); ``Predictor.backend``
+    says which runs."""
     return Predictor(resolve_model_dir(model_dir), batch_size=batch_size, trust_remote_code=trust_remote_code,
-                     precision=precision, **column_overrides)
+                     precision=precision, backend=backend, **column_overrides)
 
 
 def evaluate(

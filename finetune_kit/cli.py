@@ -1,4 +1,4 @@
-"""The ``finetune-kit`` command line: train, evaluate, compare, predict, embed, export, push, tasks, demo.
+"""The ``finetune-kit`` command line: train, evaluate, compare, predict, embed, export, push, serve, tasks, demo.
 
 Bad input ends with one line, ``error: ...``, and exit status 2; no traceback.
 """
@@ -25,6 +25,8 @@ TRUST_SAVED_HELP = ("Run Python code shipped in the model directory (a model tra
                     "needs it again; only for models you trust).")
 PRECISION_HELP = ("fp32, or bf16: the model runs under bf16 autocast (faster on CPUs with AMX/AVX-512 BF16 and "
                   "recent GPUs; scores differ slightly).")
+BACKEND_HELP = ("auto (onnxruntime for a directory written by `export --format onnx`, else torch), torch or "
+                "onnxruntime.")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -198,6 +200,7 @@ def predict(
         "(default: as in training; \"\": the file has a header)."),
     batch_size: int = typer.Option(64, help="Prediction batch size."),
     precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
@@ -212,7 +215,8 @@ def predict(
     if not to_stdout:
         _check_output(check_output_file, output)
     predictor = _run(load, model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                     precision=precision, text_column=text_column, text_pair_column=text_pair_column)
+                     precision=precision, backend=backend, text_column=text_column,
+                     text_pair_column=text_pair_column)
     predictions = _run(predictor.predict_file, input_file, file_format, _names(column_names))
     if not to_stdout:
         paths = _write_predictions(predictor.task, predictions, output)
@@ -290,19 +294,39 @@ def export(
     merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the encoder's weights."),
     encoder: bool = typer.Option(False, "--encoder", help="Write only the encoder (LoRA merged) and tokenizer as a "
                                  "plain transformers model (AutoModel.from_pretrained), e.g. after masked-lm."),
+    export_format: str = typer.Option("safetensors", "--format", help="safetensors (a torch model directory), or "
+                                      "onnx: the model as model.onnx (LoRA merged), which predict, evaluate, serve "
+                                      "and load run with onnxruntime."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", metavar="int8",
+                                           help="With --format onnx: int8 weights (dynamic quantization), smaller "
+                                           "and faster on CPUs; scores differ slightly."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
 ) -> None:
     """Write a self-contained model directory that loads without peft (LoRA merged with --merge),
-    or with --encoder the encoder alone as a plain transformers model."""
+    with --format onnx an ONNX model directory for onnxruntime, or with --encoder the encoder
+    alone as a plain transformers model."""
+    from .api import EXPORT_FORMATS
     from .api import export as run_export
     from .api import export_encoder
 
     _quiet_libraries()
+    if export_format not in EXPORT_FORMATS:
+        _fail(f"--format: {export_format!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if encoder:
+        if export_format != "safetensors" or quantize is not None:
+            _fail("--encoder writes the encoder as a transformers model (safetensors); --format onnx and --quantize "
+                  "are for the task model")
         written = _run(export_encoder, model_dir, output, trust_remote_code=trust_remote_code)
         typer.echo(f"Encoder written to {written} (loads with transformers' AutoModel.from_pretrained)")
         return
-    written = _run(run_export, model_dir, output, merge=merge, trust_remote_code=trust_remote_code)
+    written = _run(run_export, model_dir, output, merge=merge, trust_remote_code=trust_remote_code,
+                   format=export_format, quantize=quantize)
+    if export_format == "onnx":
+        from .onnx_export import describe
+
+        typer.echo(f"ONNX model written to {written} ({describe(written)}); predict, evaluate, serve and load run "
+                   f"it with onnxruntime")
+        return
     typer.echo(f"Model written to {written}")
 
 
@@ -364,6 +388,48 @@ def _describe_task(name: str) -> None:
         return
     typer.echo("\nOptions (-o name=value):")
     print_table(options_table(task_class.task_options))
+
+
+@app.command()
+def serve(
+    model_dir: str = typer.Argument(..., metavar="MODEL_DIR",
+                                    help="A model directory written by `finetune-kit train`, or the Hub id of one."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_size: int = typer.Option(64, help="The most inputs one batch gathers from concurrent requests (also "
+                                       "the model's batch size)."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests after its first, in ms."),
+    max_inputs: int = typer.Option(256, help="The most inputs one request may hold."),
+    max_input_chars: int = typer.Option(100_000, help="The most characters one input may hold."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, help="The most bytes a request body may hold."),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
+) -> None:
+    """Serve a trained model over HTTP: POST /predict with {"inputs": [...]}, GET /health, GET /info,
+    the API docs at /docs and a page to try the model at /. Concurrent requests are predicted
+    together in batches."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        _fail(f'serve needs FastAPI and uvicorn ({exc.name} is not installed): pip install "finetune-kit[serve]"')
+    from .serve import ServeLimits, backend_name, create_app, load_predictor
+
+    for name, number, least in (("--max-batch-size", max_batch_size, 1), ("--max-wait-ms", max_wait_ms, 0),
+                                ("--max-inputs", max_inputs, 1), ("--max-input-chars", max_input_chars, 1),
+                                ("--max-body-bytes", max_body_bytes, 1)):
+        if number < least:
+            _fail(f"{name}: {number:g} is not allowed; it must be >= {least}")
+    _quiet_libraries()
+    predictor = _run(load_predictor, model_dir, max_batch_size, precision=precision, backend=backend,
+                     trust_remote_code=trust_remote_code)
+    limits = ServeLimits(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
+                         max_input_chars=max_input_chars, max_body_bytes=max_body_bytes)
+    server = create_app(predictor, limits, backend_name(predictor), name=Path(model_dir).name)
+    typer.echo(f"Serving the {predictor.manifest.task} model {model_dir} on http://{host}:{port} "
+               f"(try it at /, API docs at /docs)")
+    uvicorn.run(server, host=host, port=port)
 
 
 @app.command()

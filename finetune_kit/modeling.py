@@ -360,9 +360,13 @@ class Manifest:
     # The transformers class the directory loads into as it is (e.g. "BertForSequenceClassification";
     # with LoRA: the class PeftModel.from_pretrained wraps); None: a finetune-kit model (own head).
     transformers_class: str | None = None
+    # An ONNX export (``finetune-kit export --format onnx``): the graph's file, inputs, outputs and
+    # quantization; the directory then holds no torch weights. None (left out of the file): torch.
+    onnx: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, ensure_ascii=False)
+        fields = {k: v for k, v in self.__dict__.items() if not (k == "onnx" and v is None)}
+        return json.dumps(fields, indent=2, ensure_ascii=False)
 
 
 def save_model_dir(

@@ -1,0 +1,372 @@
+"""ONNX export (``finetune-kit export --format onnx``) and ONNX Runtime as a predictor's backend:
+every task with a transformers head exports, loads with onnxruntime and predicts what the torch
+model predicts (its raw outputs within 1e-3 on the same batch); int8 exports are smaller and
+quantized; heads of finetune-kit's own are refused in one line; ``auto`` picks the backend by
+the directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import finetune_kit as fk
+from finetune_kit import onnx_export
+from finetune_kit.api import export
+from finetune_kit.cli import app
+from finetune_kit.config import ConfigError
+from finetune_kit.inference import make_collate, prepare_features, rows_dataset, split_model_inputs
+from finetune_kit.onnx_runtime import OnnxError, OnnxTaskModel
+from tests.conftest import NEGATIVE, POSITIVE, one_torch_thread, write_csv, write_jsonl
+from tests.test_multi_label_classification import ROWS as LABEL_SETS
+from tests.test_multiple_choice import FLAT_FIELDS, flat_rows
+from tests.test_question_answering import toy_squad, write_squad
+from tests.test_span_ner import NESTED, span_rows
+from tests.test_token_classification import SENTENCES, conll_text
+
+runner = CliRunner()
+one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+QUICK = {"max_steps": 1, "batch_size": 8, "learning_rate": 1e-2, "max_length": 32, "report_plots": False,
+         "bootstrap_resamples": 0}
+
+TEXTS = [POSITIVE[0], NEGATIVE[1], POSITIVE[3], NEGATIVE[4], "an unknown zzz word"]
+PAIRS = [("the cat sat on the mat", "the cat sat"), ("she went to work", "the dog ran"),
+         ("a man made a film", "a film was made")]
+CONTEXT = "the dog sat on the park . " * 4  # several windows of 32 tokens
+# What each exported task predicts from, in the shapes ``Predictor.predict`` takes.
+INPUTS = {
+    "text-classification": TEXTS,
+    "pair-classification": PAIRS,
+    "token-classification": [text for text, _ in SENTENCES[:6]] + ["the " * 40 + "dog"],
+    "question-answering": [{"question": "where", "context": CONTEXT},
+                           {"question": "who sat", "context": "the cat sat"}],
+    "multi-label-classification": TEXTS,
+    "regression": TEXTS,
+    "multiple-choice": [{"question": "the cat sat on the mat", "choices": ["cat", "dog"]},
+                        {"question": "i love this music", "choices": ["hate", "film", "plot", "music"]},
+                        {"question": "a big red film", "choices": ["small", "red", "blue"]}],
+}
+EXPORTED = list(INPUTS)
+
+
+def task_data(task: str, root: Path) -> tuple[Path, dict]:
+    """A small training file of ``task`` and the settings it trains with."""
+    if task == "text-classification":
+        rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+        return write_csv(root / "texts.csv", rows), {}
+    if task == "pair-classification":  # with LoRA: the export merges it
+        rows = [{"text": a, "text_pair": b, "label": label} for (a, b), label in zip(PAIRS, ["yes", "no", "yes"])]
+        return write_csv(root / "pairs.csv", rows * 2), {"lora": True}
+    if task == "token-classification":
+        (root / "tags.conll").write_text(conll_text(SENTENCES), encoding="utf-8")
+        return root / "tags.conll", {}
+    if task == "question-answering":
+        return write_squad(root / "squad.json", toy_squad()), {"task_options": {"doc_stride": 8}}
+    if task == "multi-label-classification":
+        return write_jsonl(root / "labels.jsonl", [{"text": t, "labels": labels} for t, labels in LABEL_SETS]), {}
+    if task == "regression":  # sigmoid: the task's own forward on the instance, the class's logits
+        rows = [{"text": t, "label": float(i % 5)} for i, t in enumerate(POSITIVE + NEGATIVE)]
+        return write_csv(root / "scores.csv", rows), {"task_options": {"sigmoid": True}}
+    if task == "multiple-choice":
+        return write_csv(root / "choices.csv", flat_rows(), FLAT_FIELDS), {}
+    if task == "span-ner":
+        return write_jsonl(root / "spans.jsonl", span_rows(NESTED)), {}
+    if task == "crf":
+        (root / "tags.conll").write_text(conll_text(SENTENCES), encoding="utf-8")
+        return root / "tags.conll", {"task": "token-classification", "task_options": {"crf": True}}
+    raise KeyError(task)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_encoder, tmp_path_factory):
+    """The torch model directory of a task (trained once per module, two steps)."""
+    root = tmp_path_factory.mktemp("onnx-runs")
+    made: dict[str, Path] = {}
+
+    def train(task: str) -> Path:
+        if task not in made:
+            data, settings = task_data(task, root)
+            settings = {"task": task, **settings}
+            out = root / task
+            fk.train(model=tiny_encoder, train_file=str(data), output_dir=str(out), **{**QUICK, **settings})
+            made[task] = out
+        return made[task]
+
+    return train
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The fp32 ONNX directory of a task's model (exported once per module)."""
+    root = tmp_path_factory.mktemp("onnx-exports")
+    made: dict[str, Path] = {}
+
+    def get(task: str) -> Path:
+        if task not in made:
+            made[task] = export(trained(task), root / task, format="onnx")
+        return made[task]
+
+    return get
+
+
+def manifest(model_dir: Path) -> dict:
+    return json.loads((model_dir / "finetune_kit.json").read_text(encoding="utf-8"))
+
+
+def model_batch(predictor, inputs: list) -> dict:
+    """The collated batch ``predict`` would run the model on, for all of ``inputs`` at once."""
+    raw = rows_dataset(predictor.task.to_examples(inputs))
+    features = prepare_features(predictor.task, raw, "predict")
+    batch, _ = split_model_inputs(make_collate(predictor.task)([dict(f) for f in features]))
+    return batch
+
+
+def assert_same_predictions(got, expected) -> None:
+    """Equal labels, tags, answers and spans; scores and values within 1e-4."""
+    assert type(got) is type(expected)
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert_same_predictions(got[key], expected[key])
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert_same_predictions(g, e)
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-4)
+    else:
+        assert got == expected
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+# -- every exportable task ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", EXPORTED)
+def test_exported_model_predicts_what_the_torch_model_predicts(task, trained, exported):
+    torch_dir, onnx_dir = trained(task), exported(task)
+    ours, theirs = fk.load(onnx_dir), fk.load(torch_dir)
+    assert (ours.backend, theirs.backend) == ("onnxruntime", "torch")
+    assert theirs.is_adapter == (task == "pair-classification")  # a LoRA model, exported merged
+    assert isinstance(ours.model, OnnxTaskModel)
+    # the same outputs, under the same names, from the same batch
+    batch = model_batch(theirs, INPUTS[task])
+    with torch.no_grad():
+        expected = theirs.model(**batch)
+    got = ours.model(**batch)
+    names = [k for k, v in expected.items() if k != "loss" and isinstance(v, torch.Tensor)]
+    assert sorted(got) == sorted(names)
+    for name in names:
+        torch.testing.assert_close(got[name], expected[name].float(), atol=1e-3, rtol=0)
+    assert_same_predictions(ours.predict(INPUTS[task]), theirs.predict(INPUTS[task]))
+    # a full model directory without torch weights, the graph recorded in the manifest
+    record = manifest(onnx_dir)["onnx"]
+    assert record["file"] == "model.onnx" and record["quantization"] is None
+    assert record["outputs"] == names and record["max_abs_diff_fp32"] < 1e-3
+    assert manifest(onnx_dir)["config"]["lora"] is False
+    assert {"config.json", "finetune_kit.json", "model.onnx", "tokenizer.json"} <= {p.name for p in onnx_dir.iterdir()}
+    assert not list(onnx_dir.glob("*.safetensors"))
+
+
+def test_multiple_choice_graph_has_a_choice_axis_and_padded_choices_never_win(exported):
+    predictor = fk.load(exported("multiple-choice"))
+    assert manifest(predictor.model_dir)["onnx"]["dynamic_axes"] == ["batch", "choices", "sequence"]
+    logits = predictor.model(**model_batch(predictor, INPUTS["multiple-choice"]))["logits"]
+    assert logits.shape == (3, 4)
+    assert torch.isinf(logits[0, 2:]).all() and torch.isfinite(logits[1]).all() and torch.isinf(logits[2, 3])
+
+
+def test_evaluate_gives_the_torch_metrics_without_a_loss(trained, exported, tmp_path):
+    data = write_csv(tmp_path / "test.csv", [{"text": t, "label": "pos"} for t in POSITIVE[:4]]
+                     + [{"text": t, "label": "neg"} for t in NEGATIVE[:4]])
+    ours = fk.evaluate(exported("text-classification"), data, tmp_path / "ours", plots=False, bootstrap_resamples=0)
+    theirs = fk.evaluate(trained("text-classification"), data, tmp_path / "theirs", plots=False,
+                         bootstrap_resamples=0)
+    assert "loss" not in ours and theirs.pop("loss") > 0
+    assert ours == theirs
+
+
+# -- int8 ----------------------------------------------------------------------------------------------
+
+def test_int8_export_is_smaller_quantized_and_predicts(trained, exported, tmp_path, monkeypatch):
+    """Through the command line, with the weights in a file beside the graph (as for a model of
+    over 1.5 GB): no fp32 graph is left behind."""
+    import onnx
+
+    monkeypatch.setattr(onnx_export, "SINGLE_FILE_BYTES", 0)
+    out = tmp_path / "int8"
+    result = runner.invoke(app, ["export", str(trained("text-classification")), "--format", "onnx",
+                                 "--quantize", "int8", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "int8" in result.output and str(out) in result.output
+    assert {p.name for p in out.glob("model.onnx*")} == {"model.onnx", "model.onnx.data"}
+    assert not [p for p in out.iterdir() if "fp32" in p.name]
+    int8, fp32 = onnx.load(str(out / "model.onnx")), onnx.load(str(exported("text-classification") / "model.onnx"))
+    assert int8.ByteSize() < fp32.ByteSize()  # the graphs with their weights (the embeddings stay fp32)
+    ops = {node.op_type for node in int8.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops
+    assert "MatMulInteger" not in {node.op_type for node in fp32.graph.node}
+    assert manifest(out)["onnx"]["quantization"] == onnx_export.INT8_SETTINGS
+    predictor = fk.load(out)
+    predictions = predictor.predict(TEXTS)
+    assert len(predictions) == len(TEXTS)
+    assert all(p["label"] in ("pos", "neg") and 0.5 <= p["score"] <= 1 for p in predictions)
+    logits = predictor.model(**model_batch(predictor, TEXTS))["logits"]
+    assert logits.shape == (len(TEXTS), 2) and torch.isfinite(logits).all()
+
+
+# -- the command line and the backends -------------------------------------------------------------------
+
+def test_cli_predict_with_either_backend(trained, exported, tmp_path):
+    source, onnx_dir = trained("token-classification"), exported("token-classification")
+    sentences = tmp_path / "in.conll"
+    sentences.write_text(conll_text(SENTENCES[:4]), encoding="utf-8")
+    written = {}
+    for name, model_dir, backend in (("torch", source, "torch"), ("auto", onnx_dir, "auto"),
+                                     ("ort", onnx_dir, "onnxruntime")):
+        result = runner.invoke(app, ["predict", str(model_dir), "--input", str(sentences), "--output",
+                                     str(tmp_path / f"{name}.jsonl"), "--backend", backend])
+        assert result.exit_code == 0, result.output
+        written[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert written["auto"] == written["ort"] and len(written["auto"]) == 4
+    assert [p["tags"] for p in written["auto"]] == [p["tags"] for p in written["torch"]]
+
+
+def test_help_lists_the_options():
+    export_help = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200"}).output
+    assert "--format" in export_help and "--quantize" in export_help and "onnx" in export_help
+    predict_help = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output
+    assert "--backend" in predict_help and "onnxruntime" in predict_help
+
+
+def test_onnxruntime_backend_on_a_torch_directory_is_one_line(trained, tmp_path):
+    source = trained("text-classification")
+    data = write_csv(tmp_path / "in.csv", [{"text": t} for t in TEXTS])
+    line = one_line_error(runner.invoke(app, ["predict", str(source), "--input", str(data), "--output",
+                                              str(tmp_path / "p.jsonl"), "--backend", "onnxruntime"]))
+    assert "model.onnx" in line and "finetune-kit export" in line and "--format onnx" in line
+    with pytest.raises(OnnxError, match="holds no model.onnx"):
+        fk.load(source, backend="onnxruntime")
+    assert fk.load(source).backend == "torch"
+    with pytest.raises(ConfigError, match="backend: 'tensorrt' is not one of auto, torch, onnxruntime"):
+        fk.load(source, backend="tensorrt")
+
+
+def test_torch_backend_and_bf16_on_an_onnx_directory_are_errors(exported):
+    onnx_dir = exported("text-classification")
+    with pytest.raises(OnnxError, match="holds an ONNX model only"):
+        fk.load(onnx_dir, backend="torch")
+    with pytest.raises(ConfigError, match="precision: bf16 is for the torch backend"):
+        fk.load(onnx_dir, precision="bf16")
+    assert fk.load(onnx_dir, backend="onnxruntime").backend == "onnxruntime"
+
+
+@pytest.mark.parametrize("task, named", [("span-ner", "span-ner: its model (SpanClassifier"),
+                                         ("crf", "token-classification: its model (TokenTagger, with a CRF")])
+def test_heads_of_our_own_are_refused_in_one_line(task, named, trained, tmp_path):
+    out = tmp_path / "out"
+    line = one_line_error(runner.invoke(app, ["export", str(trained(task)), "--format", "onnx", "--output", str(out)]))
+    assert named in line and "finetune-kit's own head" in line, line
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_masked_lm_forward_is_refused():
+    from transformers import AutoModelForMaskedLM, BertConfig
+
+    model = AutoModelForMaskedLM.from_config(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                        num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(OnnxError, match=r"masked-lm: its model \(BertForMaskedLM\) is not one of the transformers "
+                                        r"heads .* --encoder"):
+        onnx_export.exportable_model(model, "masked-lm")
+
+
+def test_a_non_empty_output_is_refused_and_left_alone(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    line = one_line_error(runner.invoke(app, ["export", str(trained("text-classification")), "--format", "onnx",
+                                              "--output", str(out)]))
+    assert "exists and is not empty" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_empty_output_folder_is_taken_whole_or_not_at_all(trained, tmp_path, monkeypatch):
+    """A failure once files are being written leaves the folder as it was and no staging folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def broken(model, sample, inputs, outputs, choices, path, large):
+        path.write_bytes(b"half a graph")
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(onnx_export, "export_graph", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            export(trained("text-classification"), out, format="onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any(out.iterdir())
+
+
+def test_a_graph_that_differs_from_the_torch_model_is_not_written(trained, exported, tmp_path, monkeypatch):
+    """The exported graph is checked against the torch model before the folder is moved into place;
+    here the export writes another model's graph of the same shapes."""
+    other = exported("pair-classification") / "model.onnx"
+    monkeypatch.setattr(onnx_export, "export_graph", lambda *args: shutil.copyfile(other, args[5]))
+    with pytest.raises(OnnxError, match="the exported graph's logits differs from the torch model's by .*; not "
+                                        "written"):
+        export(trained("text-classification"), tmp_path / "out", format="onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_session_uses_torch_threads_and_every_optimization(exported):
+    import onnxruntime as ort
+
+    session = fk.load(exported("text-classification")).model.session
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads() == 1  # one_thread
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_the_folder_gets_the_usual_permissions(exported):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert exported("text-classification").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_bad_option_combinations_are_one_line(trained, exported, tmp_path):
+    source = str(trained("text-classification"))
+    out = str(tmp_path / "out")
+    assert "--quantize" in one_line_error(runner.invoke(app, ["export", source, "--encoder", "--format", "onnx",
+                                                              "--output", out]))
+    assert "add --format onnx" in one_line_error(runner.invoke(app, ["export", source, "--quantize", "int8",
+                                                                     "--output", out]))
+    assert "'int4' is not one of int8" in one_line_error(runner.invoke(app, ["export", source, "--format", "onnx",
+                                                                           "--quantize", "int4", "--output", out]))
+    assert "--format: 'tflite'" in one_line_error(runner.invoke(app, ["export", source, "--format", "tflite",
+                                                                      "--output", out]))
+    onnx_dir = str(exported("text-classification"))
+    assert "already an ONNX export" in one_line_error(runner.invoke(app, ["export", onnx_dir, "--format", "onnx",
+                                                                          "--output", out]))
+    assert "holds an ONNX model" in one_line_error(runner.invoke(app, ["export", onnx_dir, "--output", out]))
+    assert not Path(out).exists()
+
+
+def test_missing_onnx_packages_are_one_line(trained, exported, tmp_path, monkeypatch):
+    source, onnx_dir = trained("text-classification"), exported("text-classification")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ImportError
+    line = one_line_error(runner.invoke(app, ["export", str(source), "--format", "onnx", "--output",
+                                              str(tmp_path / "out")]))
+    assert 'ONNX export needs onnxruntime, which is not installed; pip install "finetune-kit[onnx]"' in line
+    with pytest.raises(OnnxError, match=r'an ONNX model needs onnxruntime.*pip install "finetune-kit\[onnx\]"'):
+        fk.load(onnx_dir)
