@@ -130,7 +130,8 @@ class Work:
         return [{"tags": word_tags(words, tokens)} for words, tokens in zip(self.inputs, outputs)]
 
     def quality(self, predictor: Any, predictions: list[dict]) -> dict[str, float]:
-        metrics = predictor.task.compute_metrics(predictions, self.raw)
+        raw = self.raw if len(predictions) == len(self.raw) else self.raw.select(range(len(predictions)))
+        metrics = predictor.task.compute_metrics(predictions, raw)
         return {name: float(metrics[name]) for name in self.metrics}
 
 
@@ -283,7 +284,8 @@ def benchmark(work: Work, ns: argparse.Namespace, out: Path) -> list[Row]:
     with Server(work.model_dir) as server:
         for concurrency in CONCURRENCY:
             answers, latencies, wall = asyncio.run(load_test(server.url, server_inputs, concurrency))
-            add(f"server, {concurrency} in flight", answers, wall, p50_ms=percentile(latencies, 0.5) * 1000,
+            subset = f" (first {len(server_inputs)})" if len(server_inputs) < len(inputs) else ""
+            add(f"server, {concurrency} in flight{subset}", answers, wall, p50_ms=percentile(latencies, 0.5) * 1000,
                 p99_ms=percentile(latencies, 0.99) * 1000)
     return rows
 
@@ -343,7 +345,7 @@ def main() -> None:
     parser.add_argument("--only", default="sst2,wnut17,squad", help="which of sst2,wnut17,squad to run [all]")
     parser.add_argument("--pipeline-python", help="a Python with transformers 4.x, for the QA pipeline")
     parser.add_argument("--server-requests", type=int, default=0,
-                        help="send only the first N inputs to the server [0: all]")
+                        help="send only the first N inputs to the server (its quality: of those) [0: all]")
     parser.add_argument("--work-dir", help="where exports (and trained models) go [a new temporary directory]")
     parser.add_argument("--json-out", help="also write the figures to this JSON file")
     ns = parser.parse_args()

@@ -14,6 +14,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from .batching import sorted_eval_batches
+from .onednn import onednn_linears
 from .task import ROW_INDEX, OutputBatch, Task
 
 FEATURE_INDEX = "_feature_index"
@@ -129,7 +130,8 @@ def _run_loader(accelerator: Accelerator, model: torch.nn.Module, loader: Any, c
     with torch.no_grad():
         for batch in loader:
             inputs, indices = split_model_inputs(batch)
-            output = model(**inputs)
+            with onednn_linears():
+                output = model(**inputs)
             tensors = _output_tensors(output)
             if accelerator.num_processes > 1:
                 indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)

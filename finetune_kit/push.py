@@ -29,9 +29,10 @@ UPLOAD_NAMES = frozenset({
     # the card, the report and the training log
     "README.md", "report.html", "report.md", "report.json", "metrics.json", "train_log.jsonl",
 })
-# Top-level files uploaded by their ending: weights, SentencePiece and tiktoken vocabularies, and the
-# Python code of a model that ships its own architecture (trust_remote_code).
-UPLOAD_SUFFIXES = (".safetensors", ".model", ".tiktoken", ".py")
+# Top-level files uploaded by their ending: weights (an ONNX export's graph, and its weights file
+# beside it when large), SentencePiece and tiktoken vocabularies, and the Python code of a model
+# that ships its own architecture (trust_remote_code).
+UPLOAD_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".model", ".tiktoken", ".py")
 # Subfolders uploaded, with the endings of the files taken from them.
 UPLOAD_FOLDERS = {"plots": (".png", ".svg")}
 

@@ -289,22 +289,13 @@ def create_app(predictor: Any, limits: ServeLimits = ServeLimits(), backend: str
 
 def load_predictor(model_dir: str, batch_size: int, precision: str = "fp32", backend: str = "auto",
                    trust_remote_code: bool = False) -> Any:
-    """``finetune_kit.load`` with the server's settings; ``backend`` goes to ``load`` where it takes
-    one (without it, the model runs on torch)."""
-    import inspect
-
+    """``finetune_kit.load`` with the server's settings."""
     from .api import load
-    from .config import ConfigError
 
-    settings: dict[str, Any] = {"batch_size": batch_size, "precision": precision,
-                                "trust_remote_code": trust_remote_code}
-    if "backend" in inspect.signature(load).parameters:
-        settings["backend"] = backend
-    elif backend not in ("auto", "torch"):
-        raise ConfigError(f"backend: {backend} is not available in this version of finetune-kit; use torch")
-    return load(model_dir, **settings)
+    return load(model_dir, batch_size=batch_size, precision=precision, backend=backend,
+                trust_remote_code=trust_remote_code)
 
 
 def backend_name(predictor: Any) -> str:
-    """The backend a loaded predictor runs on (torch unless it says otherwise)."""
-    return str(getattr(predictor, "backend", None) or "torch")
+    """The backend a loaded predictor runs on."""
+    return str(predictor.backend)

@@ -93,6 +93,16 @@ def test_upload_files_are_the_model_its_card_and_report(trained_model):
     ])  # not checkpoints/, evaluation/, the lock, .saving-x/, predictions.jsonl, plots/.hidden.png, plots/notes.txt
 
 
+def test_an_onnx_export_uploads_its_graph_and_weights_file(tmp_path):
+    from finetune_kit.push import upload_files
+
+    for name in ("model.onnx", "model.onnx.data", "finetune_kit.json", "config.json", "tokenizer.json",
+                 "fp32-model.onnx.tmp", ".model.onnx"):
+        (tmp_path / name).write_text("x")
+    assert upload_files(tmp_path) == ["config.json", "finetune_kit.json", "model.onnx", "model.onnx.data",
+                                      "tokenizer.json"]
+
+
 def one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

@@ -289,21 +289,14 @@ def test_without_fastapi_the_command_names_the_extra(text_model, monkeypatch):
     assert 'uvicorn is not installed): pip install "finetune-kit[serve]"' in result.output
 
 
-def test_backend_goes_to_load_only_where_load_takes_it(monkeypatch):
+def test_backend_and_precision_go_to_load(monkeypatch):
     from finetune_kit import api
-    from finetune_kit.config import ConfigError
 
     calls = []
-    monkeypatch.setattr(api, "load", lambda model_dir, batch_size, trust_remote_code, precision: calls.append(
-        (model_dir, batch_size, precision)))
-    load_predictor("m", 8, precision="bf16", backend="auto")
-    load_predictor("m", 8, backend="torch")
-    assert calls == [("m", 8, "bf16"), ("m", 8, "fp32")]
-    with pytest.raises(ConfigError, match="backend: onnxruntime is not available in this version"):
-        load_predictor("m", 8, backend="onnxruntime")
-    monkeypatch.setattr(api, "load", lambda model_dir, backend="auto", **settings: calls.append(backend))
-    load_predictor("m", 8, backend="onnxruntime")
-    assert calls[-1] == "onnxruntime"
+    monkeypatch.setattr(api, "load", lambda model_dir, **settings: calls.append((model_dir, settings)))
+    load_predictor("m", 8, precision="bf16", backend="onnxruntime")
+    assert calls == [("m", {"batch_size": 8, "precision": "bf16", "backend": "onnxruntime",
+                            "trust_remote_code": False})]
 
 
 def test_precision_is_loaded_and_shown(text_model):

@@ -57,3 +57,14 @@ def test_memory_stays_flat_over_ten_thousand_single_predictions(tiny_encoder, se
         predictor.predict(texts[call % len(texts)])
     assert resident_kib() - before < 4 * 1024
     assert not predictor.accelerator._dataloaders
+
+
+def test_inputs_that_do_not_make_one_table_are_one_data_error(tiny_encoder, sentiment_files, tmp_path):
+    import pytest
+
+    from finetune_kit.task import DataError
+
+    fk.train(task="text-classification", model=tiny_encoder, train_file=str(sentiment_files["train"]),
+             output_dir=str(tmp_path / "m"), max_steps=1)
+    with pytest.raises(DataError, match=r"^input: the inputs do not make one table \(.*\)$"):
+        fk.load(tmp_path / "m").predict([{"text": "good movie", "n": 1}, {"text": "bad", "n": "one"}])

@@ -1,0 +1,71 @@
+"""Linear layers through oneDNN at inference on the CPU: taken only without autograd or autocast,
+on plain fp32 tensors, with F.linear's product; and the prediction path takes it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import finetune_kit as fk
+from finetune_kit import onednn
+from tests.conftest import NEGATIVE, POSITIVE
+
+pytestmark = pytest.mark.skipif(not onednn.onednn_linear_works(), reason="this torch has no working oneDNN linear")
+
+
+@pytest.fixture()
+def calls(monkeypatch):
+    seen = []
+
+    def spy(x, weight, bias):
+        seen.append(x.shape)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    monkeypatch.setattr(onednn, "onednn_linear", spy)
+    return seen
+
+
+def test_an_eligible_linear_goes_to_onednn_with_the_same_product(calls):
+    layer = torch.nn.Linear(16, 24)
+    x = torch.randn(4, 7, 16)
+    with torch.no_grad():
+        expected = layer(x)
+        with onednn.onednn_linears():
+            got = layer(x)
+    assert calls == [torch.Size([4, 7, 16])]
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_autocast_and_other_dtypes_keep_f_linear(calls):
+    layer = torch.nn.Linear(16, 24)
+    x = torch.randn(3, 16)
+    with onednn.onednn_linears():
+        assert layer(x).requires_grad  # autograd on: F.linear, with its gradient
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16  # autocast still casts
+        with torch.no_grad():
+            assert layer.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    assert calls == []
+
+
+def test_the_switch_turns_it_off(monkeypatch, calls):
+    monkeypatch.setenv(onednn.ENV_SWITCH, "0")
+    onednn.onednn_linear_works.cache_clear()
+    try:
+        with torch.no_grad(), onednn.onednn_linears():
+            F.linear(torch.randn(2, 4), torch.randn(3, 4))
+        assert calls == []
+    finally:
+        monkeypatch.delenv(onednn.ENV_SWITCH)
+        onednn.onednn_linear_works.cache_clear()
+
+
+def test_predictions_run_through_it_and_match_f_linear(tiny_encoder, sentiment_files, tmp_path, calls, monkeypatch):
+    fk.train(task="text-classification", model=tiny_encoder, train_file=str(sentiment_files["train"]),
+             output_dir=str(tmp_path / "m"), max_steps=1, report_plots=False, bootstrap_resamples=0)
+    predictor = fk.load(tmp_path / "m")
+    fast = predictor.predict(POSITIVE + NEGATIVE)
+    assert calls  # the encoder's linear layers went through oneDNN
+    monkeypatch.setattr(onednn, "onednn_linear_works", lambda: False)
+    plain = predictor.predict(POSITIVE + NEGATIVE)
+    assert [p["label"] for p in fast] == [p["label"] for p in plain]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast, plain)) < 1e-5
