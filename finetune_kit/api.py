@@ -486,14 +486,15 @@ def evaluate(
     model_dir: str | Path, data: str | Path, output: str | Path | None = None, file_format: str = "auto",
     batch_size: int = 64, plots: bool = True, bootstrap_resamples: int = ReportSettings.bootstrap_resamples,
     seed: int | None = None, trust_remote_code: bool = False, column_names: list[str] | None = None,
-    **column_overrides: str | None,
+    precision: str = "fp32", backend: str = "auto", **column_overrides: str | None,
 ) -> dict[str, Any]:
     """Evaluate a saved model (a directory, or the Hub id of one) on a labelled file; writes the
     report (metrics.json, report.json, report.md, report.html, plots/) to ``output`` (default:
     ``MODEL_DIR/evaluation/<file name>``; for a Hub id ``evaluation/ORG--NAME/<file name>``) and
     returns the metrics. The training curves come from the model's ``train_log.jsonl``; the
     bootstrap's seed is the training run's unless ``seed`` is given."""
-    predictor = load(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **column_overrides)
+    predictor = load(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, precision=precision,
+                     backend=backend, **column_overrides)
     raw = predictor.read_file(data, file_format, column_names)
     metrics, predictions = predictor.evaluate_with_predictions(raw, str(data))
     if seed is None:

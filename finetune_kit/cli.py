@@ -133,6 +133,8 @@ def evaluate(
         None, metavar="NAMES", help="The columns of a CSV/TSV file without a header line, comma-separated "
         "(default: as in training; \"\": the file has a header)."),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the one used in training)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Second text column (default: as in training)."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: as in training)."),
@@ -155,7 +157,8 @@ def evaluate(
     _run(run_evaluate, model_dir, data, out, file_format=file_format, column_names=_names(column_names),
          batch_size=batch_size, plots=plots,
          bootstrap_resamples=bootstrap_resamples, seed=seed, trust_remote_code=trust_remote_code,
-         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+         precision=precision, backend=backend, text_column=text_column, text_pair_column=text_pair_column,
+         label_column=label_column)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"Report written to {out} (report.html, report.md, report.json, metrics.json)")
 

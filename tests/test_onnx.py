@@ -193,8 +193,19 @@ def test_evaluate_gives_the_torch_metrics_without_a_loss(trained, exported, tmp_
     ours = fk.evaluate(exported("text-classification"), data, tmp_path / "ours", plots=False, bootstrap_resamples=0)
     theirs = fk.evaluate(trained("text-classification"), data, tmp_path / "theirs", plots=False,
                          bootstrap_resamples=0)
+    theirs_loss = theirs["loss"]
     assert "loss" not in ours and theirs.pop("loss") > 0
     assert ours == theirs
+    result = runner.invoke(app, ["evaluate", str(exported("text-classification")), "--data", str(data), "--output",
+                                 str(tmp_path / "cli"), "--no-plots", "--bootstrap-resamples", "0", "--backend",
+                                 "torch"])
+    assert result.exit_code == 2 and "holds an ONNX model only" in result.output
+    result = runner.invoke(app, ["evaluate", str(trained("text-classification")), "--data", str(data), "--output",
+                                 str(tmp_path / "bf16"), "--no-plots", "--bootstrap-resamples", "0", "--precision",
+                                 "bf16"])
+    assert result.exit_code == 0, result.output
+    bf16 = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert bf16[data.stem]["num_examples"] == 8 and abs(bf16[data.stem]["loss"] - theirs_loss) < 0.01
 
 
 # -- int8 ----------------------------------------------------------------------------------------------
