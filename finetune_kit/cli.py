@@ -417,7 +417,7 @@ def serve(
         import uvicorn
     except ImportError as exc:
         _fail(f'serve needs FastAPI and uvicorn ({exc.name} is not installed): pip install "finetune-kit[serve]"')
-    from .serve import ServeLimits, backend_name, create_app, load_predictor
+    from .serve import ServeLimits, create_app, load_predictor
 
     for name, number, least in (("--max-batch-size", max_batch_size, 1), ("--max-wait-ms", max_wait_ms, 0),
                                 ("--max-inputs", max_inputs, 1), ("--max-input-chars", max_input_chars, 1),
@@ -429,7 +429,7 @@ def serve(
                      trust_remote_code=trust_remote_code)
     limits = ServeLimits(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
                          max_input_chars=max_input_chars, max_body_bytes=max_body_bytes)
-    server = create_app(predictor, limits, backend_name(predictor), name=Path(model_dir).name)
+    server = create_app(predictor, limits, name=Path(model_dir).name)
     typer.echo(f"Serving the {predictor.manifest.task} model {model_dir} on http://{host}:{port} "
                f"(try it at /, API docs at /docs)")
     uvicorn.run(server, host=host, port=port)

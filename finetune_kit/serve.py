@@ -205,7 +205,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def model_info(predictor: Any, limits: ServeLimits, backend: str, name: str | None) -> dict[str, Any]:
+def model_info(predictor: Any, limits: ServeLimits, name: str | None) -> dict[str, Any]:
     manifest = predictor.manifest
     return {
         "task": manifest.task,
@@ -215,14 +215,13 @@ def model_info(predictor: Any, limits: ServeLimits, backend: str, name: str | No
         "versions": manifest.versions,
         "settings": asdict(predictor.task.settings),
         "task_state": manifest.task_state,
-        "backend": backend,
+        "backend": predictor.backend,
         "precision": predictor.precision,
         "server": asdict(limits),
     }
 
 
-def create_app(predictor: Any, limits: ServeLimits = ServeLimits(), backend: str = "torch",
-               name: str | None = None) -> FastAPI:
+def create_app(predictor: Any, limits: ServeLimits = ServeLimits(), name: str | None = None) -> FastAPI:
     """The app for a loaded predictor (``finetune_kit.load``); ``name``: the model's, as /info and the
     page show it (default: its directory's)."""
     from . import __version__
@@ -240,7 +239,7 @@ def create_app(predictor: Any, limits: ServeLimits = ServeLimits(), backend: str
                               f"`{name or predictor.model_dir.name}` (fine-tuned from {predictor.manifest.base_model}).")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.state.batcher = batcher
-    info = model_info(predictor, limits, backend, name)
+    info = model_info(predictor, limits, name)
     page_html = files(__package__).joinpath(PAGE).read_text(encoding="utf-8")
 
     @app.exception_handler(RequestValidationError)
@@ -294,8 +293,3 @@ def load_predictor(model_dir: str, batch_size: int, precision: str = "fp32", bac
 
     return load(model_dir, batch_size=batch_size, precision=precision, backend=backend,
                 trust_remote_code=trust_remote_code)
-
-
-def backend_name(predictor: Any) -> str:
-    """The backend a loaded predictor runs on."""
-    return str(predictor.backend)

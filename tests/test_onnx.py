@@ -381,3 +381,15 @@ def test_missing_onnx_packages_are_one_line(trained, exported, tmp_path, monkeyp
     assert 'ONNX export needs onnxruntime, which is not installed; pip install "finetune-kit[onnx]"' in line
     with pytest.raises(OnnxError, match=r'an ONNX model needs onnxruntime.*pip install "finetune-kit\[onnx\]"'):
         fk.load(onnx_dir)
+
+
+def test_the_server_runs_an_onnx_model_and_says_so(exported):
+    from fastapi.testclient import TestClient
+
+    from finetune_kit.serve import create_app
+
+    predictor = fk.load(exported("text-classification"))
+    with TestClient(create_app(predictor)) as client:
+        assert client.get("/info").json()["backend"] == "onnxruntime"
+        answer = client.post("/predict", json={"inputs": POSITIVE[:3]}).json()["predictions"]
+    assert answer == predictor.predict(POSITIVE[:3])
