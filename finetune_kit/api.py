@@ -46,9 +46,9 @@ from .model_card import describe_data, write_model_card
 from .onnx_runtime import ONNX_FILE, OnnxTaskModel, resolve_backend
 from .report import ReportSettings, split_report, write_evaluation
 from .report_markdown import summary_markdown
-from .task import DataError, Task, TaskError
+from .task import Task, TaskError
 from .accelerator import new_accelerator
-from .inference import evaluate_raw, predict_raw, prepare_features, rows_dataset
+from .inference import evaluate_raw, input_dataset, predict_raw, prepare_features
 from .trackers import accelerator_settings, check_trackers_installed, log_evaluation, start_tracking, tracking
 from .trainer import Trainer
 
@@ -386,16 +386,10 @@ class Predictor:
     def predict(self, inputs: Iterable[Any]) -> list[dict[str, Any]]:
         """Predict for Python inputs: strings, (text, text_pair) pairs, token lists or dicts of
         columns, as the task reads them (e.g. {"question": ..., "context": ...} for QA)."""
-        from pyarrow import ArrowException
-
         rows = self.task.to_examples(input_list(inputs))
         if not rows:
             return []
-        try:
-            raw = rows_dataset(rows)
-        except ArrowException as exc:  # e.g. a column holding a number in one input, text in another
-            raise DataError(f"input: the inputs do not make one table ({' '.join(str(exc).split())})") from None
-        return self.predict_dataset(raw)
+        return self.predict_dataset(input_dataset(rows, "input"))
 
     def predict_dataset(self, raw: Dataset, source: str = "input") -> list[dict[str, Any]]:
         self.task.validate(raw, "predict", source)

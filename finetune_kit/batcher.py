@@ -23,7 +23,7 @@ from typing import Any
 from pyarrow import ArrowException
 
 from .data import ITEM_COLUMN
-from .inference import rows_dataset
+from .inference import input_dataset, rows_dataset
 from .task import DataError, TaskError
 
 # The column a task may require to be unique within a dataset.
@@ -103,12 +103,9 @@ class MicroBatcher:
         task = self.predictor.task
         try:
             rows = task.to_examples(inputs)
-            task.validate(rows_dataset(rows), "predict", SOURCE)
-        except (TaskError, DataError, ArrowException) as exc:
-            culprit = self._culprit(inputs)
-            if culprit is None and isinstance(exc, ArrowException):  # values of a column of several types
-                culprit = DataError(f"{SOURCE}: the inputs do not make one table ({exc})")
-            raise culprit or exc from None
+            task.validate(input_dataset(rows, SOURCE), "predict", SOURCE)
+        except (TaskError, DataError) as exc:
+            raise self._culprit(inputs) or exc from None
         return rows
 
     def _culprit(self, inputs: list[Any]) -> Exception | None:

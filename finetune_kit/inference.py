@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .batching import sorted_eval_batches
 from .onednn import onednn_linears
-from .task import ROW_INDEX, OutputBatch, Task
+from .task import ROW_INDEX, DataError, OutputBatch, Task
 
 FEATURE_INDEX = "_feature_index"
 
@@ -43,6 +43,18 @@ def in_memory_dataset(columns: dict[str, list]) -> Dataset:
 def rows_dataset(rows: list[dict[str, Any]]) -> Dataset:
     """``Dataset.from_list(rows)`` as ``in_memory_dataset`` makes it (the first row's keys)."""
     return in_memory_dataset({key: [row.get(key) for row in rows] for key in rows[0]} if rows else {})
+
+
+def input_dataset(rows: list[dict[str, Any]], source: str) -> Dataset:
+    """``rows_dataset`` of the rows made from a ``predict`` call's inputs; inputs whose values do not
+    make one table (a column holding text in one input and a number in another) are a
+    ``DataError`` naming ``source``."""
+    from pyarrow import ArrowException
+
+    try:
+        return rows_dataset(rows)
+    except ArrowException as exc:
+        raise DataError(f"{source}: the inputs do not make one table ({' '.join(str(exc).split())})") from None
 
 
 def prepare_features(task: Task, raw: Dataset, split: str) -> Dataset:
