@@ -319,20 +319,6 @@ def trained_model(given: str | None, recipe: str, work_dir: Path, overrides: lis
     return out
 
 
-def squad_split(work_dir: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(REPO / "examples"))
-    from squad_articles import select_articles
-
-    paths = []
-    for name, span in (("train", "1-38"), ("eval", "39-48")):
-        path = work_dir / f"squad-{name}.json"
-        if not path.exists():
-            document = select_articles([f"{SHARED / 'squad_v1.1' / 'dev-v1.1.json'}:{span}"])
-            path.write_text(json.dumps(document), encoding="utf-8")
-        paths.append(path)
-    return paths[0], paths[1]
-
-
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
@@ -366,7 +352,9 @@ def main() -> None:
         works.append(Work("WNUT-17 test", "sentences", trained_model(ns.wnut_model, "wnut17.yaml", work_dir, []),
                           SHARED / "wnut17" / "emerging.test.annotated", "token-classification", ("f1",)))
     if "squad" in chosen:
-        train_file, eval_file = squad_split(work_dir)
+        from qa_vs_trainer import split_squad
+
+        train_file, eval_file = split_squad(work_dir, None, None)
         model = trained_model(ns.squad_model, "squad.yaml", work_dir,
                               [f"train_file={train_file}", f"validation_file={eval_file}"])
         works.append(Work("SQuAD v1.1 articles 39-48", "questions", model, eval_file, "question-answering",
