@@ -10,10 +10,13 @@ batches.
 Each side runs in a child process of its own, so its peak memory is its own (``os.wait4``).
 
 Figures: training wall time (training only, no evaluation), non-padding tokens/s (real tokens),
-padded tokens/s (every batch position), the share of padding, peak RSS and dev accuracy.
+padded tokens/s (every batch position), the share of padding, useful GFLOP/s (the real tokens'
+training FLOPs) and MFU (over the matmul peak measured in this run, same dtype and threads), peak
+RSS and dev accuracy. ``--mixed-precision bf16`` runs both sides under bf16 autocast.
 
     python benchmarks/classification_vs_trainer.py --preset sst2
     python benchmarks/classification_vs_trainer.py --preset rte
+    python benchmarks/classification_vs_trainer.py --preset sst2 --mixed-precision bf16
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARED,
     TokenCounter,
+    add_mfu,
+    add_precision_argument,
     add_rates,
     add_run_arguments,
     finetune_kit_training,
     machine,
+    matmul_peaks,
+    model_flop_inputs,
+    precision_label,
     offline,
     packaged_encoder,
     print_table,
@@ -79,6 +87,7 @@ def trainer_child(args: dict) -> dict:
         encoded = tokenizer(first, second, truncation=True, max_length=args["max_length"])
         return Dataset.from_dict({**encoded, "labels": [label_id[r[args["label_column"]]] for r in rows]})
 
+    flop_inputs = model_flop_inputs(model, model.config)
     counter = TokenCounter(DataCollatorWithPadding(tokenizer))
     trainer = Trainer(model=model, args=reference_training_arguments(args), train_dataset=encode(train_rows),
                       data_collator=counter)
@@ -87,7 +96,9 @@ def trainer_child(args: dict) -> dict:
     predictions = trainer.predict(encode(dev_rows))
     accuracy = float(np.mean(np.argmax(predictions.predictions, axis=1) == predictions.label_ids))
     return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad,
-            "padded_tokens": counter.padded, "accuracy": accuracy, "torch_threads": torch.get_num_threads()}
+            "padded_tokens": counter.padded, "sum_sq_lengths": counter.squares, **flop_inputs,
+            "precision": precision_label(trainer.accelerator.mixed_precision), "accuracy": accuracy,
+            "torch_threads": torch.get_num_threads()}
 
 
 # -- the finetune-kit side: its CLI, in a child process ---------------------------------------
@@ -99,7 +110,8 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
                "--epochs", str(args["epochs"]), "--batch-size", str(args["batch_size"]),
                "--learning-rate", str(args["learning_rate"]), "--max-length", str(args["max_length"]),
                "--seed", str(args["seed"]), "--warmup-ratio", "0", "--weight-decay", "0",
-               "--text-column", args["text_column"], "--label-column", args["label_column"], "--overwrite"]
+               "--text-column", args["text_column"], "--label-column", args["label_column"], "--overwrite",
+               "--mixed-precision", args["mixed_precision"]]
     if args["text_pair_column"]:
         command += ["--text-pair-column", args["text_pair_column"]]
     if args["max_train_samples"]:
@@ -111,7 +123,7 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
 
 def read_finetune_kit_result(out: Path) -> dict:
     accuracy = json.loads((out / "metrics.json").read_text())["validation"]["accuracy"]
-    return {**finetune_kit_training(out), "accuracy": accuracy}
+    return {**finetune_kit_training(out, flops=True), "accuracy": accuracy}
 
 
 # -- running both and printing ----------------------------------------------------------------
@@ -148,6 +160,7 @@ def main() -> None:
                         help="finetune-kit task option [default: pooling=pooler, the head of the Trainer "
                              "recipe's AutoModelForSequenceClassification, so both train the same model]")
     parser.add_argument("--only", choices=["finetune-kit", "trainer"])
+    add_precision_argument(parser)
     add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -174,19 +187,24 @@ def main() -> None:
     print(f"{machine()}, "
           f"{os.cpu_count()} CPUs; data {args['train']} (first {args['max_train_samples'] or 'all'} rows), "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
-          f"max length {args['max_length']}, seed {args['seed']}")
+          f"max length {args['max_length']}, seed {args['seed']}, "
+          f"precision {precision_label(args['mixed_precision'])}")
+    start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-")
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}
     results = {label: measure(name, args, work) for label, name in sides.items() if ns.only in (None, name)}
     print()
+    peaks = add_mfu(results, start_peaks, args["mixed_precision"])
     print_table(results, QUALITY, reference="HF Trainer recipe")
     if len(results) == 2:
         ours, ref = results["finetune-kit"], results["HF Trainer recipe"]
         print(f"\nfinetune-kit trains {ours['nonpad_tok_s'] / ref['nonpad_tok_s']:.2f}x the Trainer recipe's "
-              f"non-padding tokens/s; dev accuracy {ours['accuracy']:.4f} vs {ref['accuracy']:.4f} "
+              f"non-padding tokens/s (MFU {ours['mfu']:.1%} vs {ref['mfu']:.1%}); dev accuracy "
+              f"{ours['accuracy']:.4f} vs {ref['accuracy']:.4f} "
               f"({(ours['accuracy'] - ref['accuracy']) * 100:+.2f} points).")
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
+        Path(ns.json_out).write_text(json.dumps({"settings": args, "matmul_peak_gflops": peaks, "results": results},
+                                                indent=2))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ examples: ``AutoModelForQuestionAnswering``, question + context windows (``trunc
 or [CLS], ``DataCollatorWithPadding`` (dynamic padding), random batches, n-best (20) search over
 the windows with answers of at most 30 tokens. finetune-kit trains the same encoder + linear
 start/end head with the same hyper-parameters. Both are scored with the same SQuAD EM/F1.
+Speed: training time, real and padded tokens/s, useful GFLOP/s (the real tokens' training FLOPs)
+and MFU (over the matmul peak measured in this run, same dtype and threads).
+``--mixed-precision bf16`` runs both sides under bf16 autocast (the Trainer with ``bf16=True``).
 
     python benchmarks/qa_vs_trainer.py                                   # 1 epoch, both sides
     python benchmarks/qa_vs_trainer.py --max-train-samples 500 --max-eval-samples 300   # a quick look
+    python benchmarks/qa_vs_trainer.py --mixed-precision bf16
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ from common import (  # noqa: E402
     REPO,
     SHARED,
     TokenCounter,
+    add_mfu,
+    add_precision_argument,
     add_rates,
     add_run_arguments,
     finetune_kit_training,
     machine,
+    matmul_peaks,
+    model_flop_inputs,
+    precision_label,
     offline,
     packaged_encoder,
     print_table,
@@ -117,6 +126,7 @@ def trainer_child(args: dict) -> dict:
         keep = {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
         return Dataset.from_dict({**keep, "start_positions": starts, "end_positions": ends})
 
+    flop_inputs = model_flop_inputs(model, model.config)
     counter = TokenCounter(DataCollatorWithPadding(tokenizer))
     trainer = Trainer(model=model, args=reference_training_arguments(args),
                       train_dataset=train_features(squad_rows(args["train"])), data_collator=counter)
@@ -145,7 +155,9 @@ def trainer_child(args: dict) -> dict:
     predictions = [best.get(k, (0.0, ""))[1] for k in range(len(rows))]
     metrics = squad_metrics(predictions, [[a["text"] for a in r["answers"]] for r in rows], rules="v1.1")
     return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad, "padded_tokens": counter.padded,
-            "exact_match": metrics["exact_match"], "f1": metrics["f1"], "torch_threads": torch.get_num_threads()}
+            "sum_sq_lengths": counter.squares, **flop_inputs,
+            "precision": precision_label(trainer.accelerator.mixed_precision), "exact_match": metrics["exact_match"],
+            "f1": metrics["f1"], "torch_threads": torch.get_num_threads()}
 
 
 # -- the finetune-kit side: its CLI, in a child process ---------------------------------------
@@ -156,7 +168,8 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
             "--output", str(out), "--epochs", str(args["epochs"]), "--batch-size", str(args["batch_size"]),
             "--learning-rate", str(args["learning_rate"]), "--max-length", str(args["max_length"]),
             "--seed", str(args["seed"]), "--warmup-ratio", "0", "--weight-decay", "0", "--overwrite",
-            "-o", f"doc_stride={args['doc_stride']}", "-o", "max_query_length=64"]
+            "-o", f"doc_stride={args['doc_stride']}", "-o", "max_query_length=64",
+            "--mixed-precision", args["mixed_precision"]]
 
 
 def measure(name: str, args: dict, work: Path) -> dict:
@@ -170,7 +183,8 @@ def measure(name: str, args: dict, work: Path) -> dict:
         out = work / "finetune-kit"
         wall, rss = run_measured(name, finetune_kit_command(args, out))
         validation = json.loads((out / "metrics.json").read_text())["validation"]
-        result = {**finetune_kit_training(out), "exact_match": validation["exact_match"], "f1": validation["f1"]}
+        result = {**finetune_kit_training(out, flops=True), "exact_match": validation["exact_match"],
+                  "f1": validation["f1"]}
     return add_rates({**result, "peak_rss_mib": rss, "process_wall_s": wall})
 
 
@@ -185,6 +199,7 @@ def main() -> None:
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["finetune-kit", "trainer"])
+    add_precision_argument(parser)
     add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -204,13 +219,17 @@ def main() -> None:
     print(f"{machine()}; SQuAD v1.1 dev articles 1-38 -> train "
           f"(first {ns.max_train_samples or 'all'} questions), 39-48 -> eval (first {ns.max_eval_samples or 'all'}); "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
-          f"max length {args['max_length']}, doc stride {args['doc_stride']}, seed {args['seed']}")
+          f"max length {args['max_length']}, doc stride {args['doc_stride']}, seed {args['seed']}, "
+          f"precision {precision_label(args['mixed_precision'])}")
+    start_peaks = matmul_peaks()
     sides = {"finetune-kit": "finetune-kit", "trainer": "HF Trainer recipe"}
     results = {label: measure(name, args, work) for name, label in sides.items() if ns.only in (None, name)}
     print()
+    peaks = add_mfu(results, start_peaks, args["mixed_precision"])
     print_table(results, QUALITY, reference="HF Trainer recipe")
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
+        Path(ns.json_out).write_text(json.dumps({"settings": args, "matmul_peak_gflops": peaks, "results": results},
+                                                indent=2))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ predictions. Both sides are scored by this script with the same functions:
     python benchmarks/tasks_vs_trainer.py --preset stsb
     python benchmarks/tasks_vs_trainer.py --preset goemotions --max-train-samples 20000
     python benchmarks/tasks_vs_trainer.py --preset commonsenseqa --max-train-samples 500   # a quick look
+    python benchmarks/tasks_vs_trainer.py --preset stsb --mixed-precision bf16   # both sides under bf16 autocast
+
+Speed: training time, real and padded tokens/s, useful GFLOP/s (the real tokens' training FLOPs;
+for multiple choice every (question, choice) sequence counts) and MFU (over the matmul peak
+measured in this run, same dtype and threads).
 """
 
 from __future__ import annotations
@@ -39,10 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARED,
     TokenCounter,
+    add_mfu,
+    add_precision_argument,
     add_rates,
     add_run_arguments,
     finetune_kit_training,
     machine,
+    matmul_peaks,
+    model_flop_inputs,
+    precision_label,
     offline,
     packaged_encoder,
     print_table,
@@ -205,6 +215,7 @@ def trainer_child(args: dict) -> dict:
         model = AutoModelForMultipleChoice.from_pretrained(args["model"])
         collator = DataCollatorForMultipleChoice(tokenizer)
 
+    flop_inputs = model_flop_inputs(model, model.config)
     counter = TokenCounter(collator)
     trainer = Trainer(model=model, args=reference_training_arguments(args), train_dataset=data["train"],
                       data_collator=counter)
@@ -218,7 +229,9 @@ def trainer_child(args: dict) -> dict:
     else:
         quality = {"accuracy": float(np.mean(outputs["dev"].argmax(1) == np.array([r["answer"] for r in dev])))}
     return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad,
-            "padded_tokens": counter.padded, **quality, "torch_threads": torch.get_num_threads()}
+            "padded_tokens": counter.padded, "sum_sq_lengths": counter.squares, **flop_inputs,
+            "precision": precision_label(trainer.accelerator.mixed_precision), **quality,
+            "torch_threads": torch.get_num_threads()}
 
 
 # -- the finetune-kit side: its CLI, in child processes ------------------------------------------
@@ -229,7 +242,7 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
                "--model", args["model"], "--output", str(out), "--epochs", str(args["epochs"]),
                "--batch-size", str(args["batch_size"]), "--learning-rate", str(args["learning_rate"]),
                "--max-length", str(args["max_length"]), "--seed", str(args["seed"]), "--warmup-ratio", "0",
-               "--weight-decay", "0", "--overwrite", "--no-report-plots"]
+               "--weight-decay", "0", "--overwrite", "--no-report-plots", "--mixed-precision", args["mixed_precision"]]
     if args["max_train_samples"]:
         command += ["--max-train-samples", str(args["max_train_samples"])]
     for option in args["task_option"]:
@@ -283,7 +296,7 @@ def measure(name: str, args: dict, work: Path) -> dict:
     if name == "finetune-kit":
         out = work / "finetune-kit"
         wall, rss = run_measured(name, finetune_kit_command(args, out))
-        result = {**finetune_kit_training(out), **finetune_kit_quality(args, out, work)}
+        result = {**finetune_kit_training(out, flops=True), **finetune_kit_quality(args, out, work)}
     else:
         result_file = work / "trainer.json"
         child_args = {**args, "work_dir": str(work / "trainer"), "result_file": str(result_file)}
@@ -305,6 +318,7 @@ def main() -> None:
     parser.add_argument("--task-option", "-o", action="append", default=[],
                         help="a finetune-kit task option, e.g. -o prior_bias=false")
     parser.add_argument("--only", choices=["finetune-kit", "trainer"])
+    add_precision_argument(parser)
     add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args() if "--trainer-child" not in sys.argv else None
@@ -317,18 +331,22 @@ def main() -> None:
     preset = PRESETS[ns.preset]
     args = {"preset": ns.preset, "max_train_samples": ns.max_train_samples, "learning_rate": ns.learning_rate,
             "seed": ns.seed, "model": ns.model or packaged_encoder(), "task_option": ns.task_option,
+            "mixed_precision": ns.mixed_precision,
             **{key: getattr(ns, key) or preset[key] for key in ("epochs", "batch_size", "max_length")}}
     offline()
     print(f"{machine()}, {os.cpu_count()} CPUs; {ns.preset} (first {args['max_train_samples'] or 'all'} training "
           f"rows), {args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
-          f"max length {args['max_length']}, seed {args['seed']}")
+          f"max length {args['max_length']}, seed {args['seed']}, precision {precision_label(args['mixed_precision'])}")
+    start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-")
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}
     results = {label: measure(name, args, work) for label, name in sides.items() if ns.only in (None, name)}
     print()
+    peaks = add_mfu(results, start_peaks, args["mixed_precision"])
     print_table(results, preset["quality"], reference="HF Trainer recipe")
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
+        Path(ns.json_out).write_text(json.dumps({"settings": args, "matmul_peak_gflops": peaks, "results": results},
+                                                indent=2))
 
 
 if __name__ == "__main__":

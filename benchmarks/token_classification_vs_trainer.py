@@ -8,9 +8,13 @@ random batches, the final weights scored with seqeval on the first subword of ev
 survived truncation. finetune-kit trains the same encoder + dropout + linear head with the same
 hyper-parameters, keeps the weights of the best validation F1, and predicts every word (long
 sentences are windowed). Each side runs in a child process of its own (peak memory by ``wait4``).
+Speed: training time, real and padded tokens/s, useful GFLOP/s (the real tokens' training FLOPs)
+and MFU (over the matmul peak measured in this run, same dtype and threads).
+``--mixed-precision bf16`` runs every side under bf16 autocast (the Trainer with ``bf16=True``).
 
     python benchmarks/token_classification_vs_trainer.py                 # WNUT-17, 3 epochs
     python benchmarks/token_classification_vs_trainer.py --max-train-samples 300 --epochs 1   # a quick look
+    python benchmarks/token_classification_vs_trainer.py --mixed-precision bf16
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SHARED,
     TokenCounter,
+    add_mfu,
+    add_precision_argument,
     add_rates,
     add_run_arguments,
     finetune_kit_training,
     machine,
+    matmul_peaks,
+    model_flop_inputs,
+    precision_label,
     offline,
     packaged_encoder,
     print_table,
@@ -88,6 +97,7 @@ def trainer_child(args: dict) -> dict:
             all_labels.append(row)
         return Dataset.from_dict({**encoded, "labels": all_labels})
 
+    flop_inputs = model_flop_inputs(model, model.config)
     counter = TokenCounter(DataCollatorForTokenClassification(tokenizer))
     trainer = Trainer(model=model, args=reference_training_arguments(args), train_dataset=encode(train),
                       data_collator=counter)
@@ -109,8 +119,10 @@ def trainer_child(args: dict) -> dict:
     test_strict, test_default, dropped = score(args["test"])
     dev_strict, _, _ = score(args["validation"])
     return {"train_s": train_metrics["train_runtime"], "nonpad_tokens": counter.nonpad,
-            "padded_tokens": counter.padded, "test_f1_strict": test_strict, "test_f1_default": test_default,
-            "dev_f1_strict": dev_strict, "test_words_dropped": dropped, "torch_threads": torch.get_num_threads()}
+            "padded_tokens": counter.padded, "sum_sq_lengths": counter.squares, **flop_inputs,
+            "precision": precision_label(trainer.accelerator.mixed_precision), "test_f1_strict": test_strict,
+            "test_f1_default": test_default, "dev_f1_strict": dev_strict, "test_words_dropped": dropped,
+            "torch_threads": torch.get_num_threads()}
 
 
 # -- the finetune-kit side: its CLI, in a child process ---------------------------------------
@@ -121,7 +133,7 @@ def finetune_kit_command(args: dict, out: Path, crf: bool) -> list[str]:
                "--test", args["test"], "--output", str(out), "--epochs", str(args["epochs"]),
                "--batch-size", str(args["batch_size"]), "--learning-rate", str(args["learning_rate"]),
                "--max-length", str(args["max_length"]), "--seed", str(args["seed"]), "--warmup-ratio", "0",
-               "--weight-decay", "0", "--overwrite"]
+               "--weight-decay", "0", "--overwrite", "--mixed-precision", args["mixed_precision"]]
     if args["max_train_samples"]:
         command += ["--max-train-samples", str(args["max_train_samples"])]
     return command + (["--crf"] if crf else [])
@@ -129,7 +141,7 @@ def finetune_kit_command(args: dict, out: Path, crf: bool) -> list[str]:
 
 def read_finetune_kit_result(out: Path) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
-    return {**finetune_kit_training(out), "test_f1_strict": metrics["test"]["f1"],
+    return {**finetune_kit_training(out, flops=True), "test_f1_strict": metrics["test"]["f1"],
             "test_f1_default": metrics["test"]["default_mode"]["f1"], "dev_f1_strict": metrics["validation"]["f1"],
             "test_words_dropped": 0}
 
@@ -160,6 +172,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["finetune-kit", "finetune-kit crf", "trainer"], action="append")
+    add_precision_argument(parser)
     add_run_arguments(parser)
     parser.add_argument("--trainer-child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -176,17 +189,20 @@ def main() -> None:
     print(f"{machine()}; train {args['train']} "
           f"(first {args['max_train_samples'] or 'all'} sentences), {args['epochs']:g} epoch(s), "
           f"batch {args['batch_size']}, lr {args['learning_rate']}, max length {args['max_length']}, "
-          f"seed {args['seed']}")
+          f"seed {args['seed']}, precision {precision_label(args['mixed_precision'])}")
+    start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-ner-")
     labels = {"finetune-kit": "finetune-kit", "finetune-kit crf": "finetune-kit --crf", "trainer": "HF Trainer recipe"}
     results = {labels[name]: measure(name, args, work) for name in labels if not ns.only or name in ns.only}
     print()
+    peaks = add_mfu(results, start_peaks, args["mixed_precision"])
     print_table(results, QUALITY, reference="HF Trainer recipe")
     if "HF Trainer recipe" in results:
         print(f"\nwords the Trainer recipe left unscored on test (truncated at {args['max_length']} subwords): "
               f"{results['HF Trainer recipe']['test_words_dropped']}; finetune-kit predicts every word.")
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"settings": args, "results": results}, indent=2))
+        Path(ns.json_out).write_text(json.dumps({"settings": args, "matmul_peak_gflops": peaks, "results": results},
+                                                indent=2))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from .config import ConfigError
+from .precision import agreed_mixed_precision, auto_mixed_precision
+
 
 def new_accelerator(**kwargs: Any) -> Accelerator:
     """An Accelerator with these settings, even when an earlier run in this process used others.
@@ -25,6 +28,33 @@ def new_accelerator(**kwargs: Any) -> Accelerator:
         GradientState._reset_state()
         accelerator = Accelerator(cpu=True, **kwargs)
     return accelerator
+
+
+def run_accelerator(mixed_precision: str, **kwargs: Any) -> tuple[Accelerator, str, str | None]:
+    """The Accelerator of a training run, the mixed precision it runs with (``mixed_precision``,
+    or what ``auto`` resolved to: bf16 or no) and, for ``auto``, why (else None).
+
+    ``auto`` is resolved once, on the device the run trains on (``precision.auto_mixed_precision``),
+    and under ``accelerate launch`` the processes agree: bf16 only where every one of them has it.
+    fp16 on a CPU is an error: Accelerate would quietly train in fp32 while the run said fp16.
+    """
+    if mixed_precision != "auto":
+        accelerator = new_accelerator(mixed_precision=mixed_precision, **kwargs)
+        if mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise ConfigError("mixed_precision: fp16 needs a GPU; this run trains on the CPU, where Accelerate "
+                              "would run it in fp32: use bf16, auto or no")
+        return accelerator, mixed_precision, None
+    accelerator = new_accelerator(mixed_precision="no", **kwargs)  # where the run trains
+    resolved, why = auto_mixed_precision(accelerator.device)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        agreed = agreed_mixed_precision(gather_object([resolved]))
+        if agreed != resolved:
+            resolved, why = agreed, "not every process has native bf16"
+    if resolved != "no":
+        accelerator = new_accelerator(mixed_precision=resolved, **kwargs)
+    return accelerator, resolved, why
 
 
 def _processes_left_apart(accelerator: Accelerator) -> bool:

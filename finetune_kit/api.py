@@ -47,7 +47,7 @@ from .onnx_runtime import ONNX_FILE, OnnxTaskModel, resolve_backend
 from .report import ReportSettings, split_report, write_evaluation
 from .report_markdown import summary_markdown
 from .task import Task, TaskError
-from .accelerator import new_accelerator
+from .accelerator import new_accelerator, run_accelerator
 from .inference import evaluate_raw, input_dataset, predict_raw, prepare_features
 from .trackers import accelerator_settings, check_trackers_installed, log_evaluation, start_tracking, tracking
 from .trainer import Trainer
@@ -157,12 +157,16 @@ def run_training(config: TrainConfig) -> TrainResult:
     from .console import message_console
 
     check_trackers_installed(config)
-    accelerator = new_accelerator(
+    accelerator, mixed_precision, auto_reason = run_accelerator(
+        config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
         **accelerator_settings(config),
     )
+    # The run records (manifest, model card, checkpoints, trackers) the precision it runs with.
+    config = config.replace(mixed_precision=mixed_precision) if mixed_precision != config.mixed_precision else config
     console = message_console(stderr=True, quiet=not accelerator.is_main_process)
+    if auto_reason is not None:
+        console.print(f"Mixed precision: {mixed_precision} (auto: {auto_reason})")
     with locked_output_dir(Path(config.output_dir), enabled=accelerator.is_main_process), \
             tracking(accelerator, config):
         return _run_training_locked(config, accelerator, console)

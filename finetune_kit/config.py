@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+# What mixed_precision allows; "auto" is resolved at the start of a run to "bf16" or "no"
+# (precision.auto_mixed_precision), and the run records the value it resolved to.
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 FORMATS = ("csv", "tsv", "jsonl", "json", "conll", "text")
 # The experiment trackers a run can report to (report_to), through Accelerate.
 TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
@@ -203,8 +205,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = setting(1, help="Batches whose gradients are summed before each "
                                                        "optimizer step", card=True, compared=True, bounds=POSITIVE)
     max_grad_norm: float | None = setting(1.0, help="Gradient norm clipping (0: off)", card=True, bounds=NON_NEGATIVE)
-    mixed_precision: str = setting("no", help="Mixed precision, passed to Accelerate: no, fp16 or bf16",
-                                   card=True, compared=True)
+    mixed_precision: str = setting(
+        "no", help="Mixed precision (Accelerate's autocast; the optimizer's master weights stay fp32): no, bf16, "
+                   "fp16 (GPUs only) or auto (bf16 on CPUs with AMX or AVX-512 BF16 and on GPUs with native bf16, "
+                   "else no; the run records what it chose)", card=True, compared=True)
     seed: int = setting(42, help="Seed for the weights of new heads, dropout and data order", card=True,
                         compared=True, bounds=SEED)
     group_by_length: bool = setting(

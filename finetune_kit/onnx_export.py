@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -56,10 +57,15 @@ SINGLE_FILE_BYTES = 1_500_000_000
 # so that the token types have both segments.
 SAMPLE = [("the first sample text, a little longer than the others", "and the second text of its pair"),
           ("a second sample", "its pair"), ("the third one", "with a pair as well, somewhat longer")]
-# Dynamic quantization: int8 weights (per output channel) of the matrix products, activations
-# quantized to uint8 per batch as they come; embeddings, layer norms and softmax stay fp32.
+# Dynamic quantization: int8 weights (per output channel) of the encoder layers' matrix products,
+# activations quantized to uint8 per batch as they come; embeddings, layer norms, softmax and the
+# task head (pooler, classifier, QA span scorer: a sliver of the arithmetic whose rounding moves
+# the scores directly) stay fp32.
 INT8_SETTINGS = {"method": "dynamic", "weights": "int8", "activations": "uint8", "per_channel": True,
-                 "reduce_range": False, "op_types": ["MatMul", "Gemm"]}
+                 "reduce_range": False, "op_types": ["MatMul", "Gemm"], "scope": "encoder layers"}
+# The torch module path of a transformer layer (``bert.encoder.layer.3.``, ``distilbert.transformer.layer.0.``),
+# read from the name scopes the exporter records on each ONNX node.
+ENCODER_LAYER_SCOPE = re.compile(r"\.layers?\.\d+\.")
 
 
 def export_onnx(model_dir: str | Path, output_dir: str | Path, quantize: str | None = None,
@@ -255,14 +261,30 @@ def graph_opset(path: Path) -> int:
 def quantize_int8(fp32: Path, path: Path, large: bool = False) -> None:
     """Write the dynamically quantized graph (``INT8_SETTINGS``) of the graph at ``fp32`` to ``path``,
     and remove the fp32 graph (with its weights file, if any)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    nodes = encoder_layer_products(onnx.load(str(fp32), load_external_data=False))
+    if not nodes:
+        raise OnnxError(f"{fp32.name}: no matrix product of an encoder layer found to quantize")
     with quiet_exporter():
         quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=INT8_SETTINGS["per_channel"],
                          reduce_range=INT8_SETTINGS["reduce_range"], op_types_to_quantize=INT8_SETTINGS["op_types"],
-                         use_external_data_format=large)
+                         nodes_to_quantize=nodes, use_external_data_format=large)
     for leftover in fp32.parent.glob(f"{fp32.name}*"):
         leftover.unlink()
+
+
+def encoder_layer_products(graph: Any) -> list[str]:
+    """The names of the ``MatMul``/``Gemm`` nodes that torch's exporter recorded inside a transformer
+    layer of the encoder (its ``pkg.torch.onnx.name_scopes``): what int8 quantizes."""
+    names = []
+    for node in graph.graph.node:
+        if node.op_type in INT8_SETTINGS["op_types"]:
+            scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+            if ENCODER_LAYER_SCOPE.search(scopes):
+                names.append(node.name)
+    return names
 
 
 def onnx_versions() -> dict[str, str]:

@@ -373,6 +373,7 @@ class Trainer:
                         "train_runtime_s": state.train_runtime_s, "train_tokens": state.train_tokens,
                         "train_padded_tokens": state.train_padded_tokens,
                         "tokens_per_s": state.train_tokens / max(state.train_runtime_s, 1e-9),
+                        "mixed_precision": config.mixed_precision,  # as run: auto resolved
                         "best_metric": state.best_metric, "best_step": state.best_step,
                         "metric_for_best": self.metric, "greater_is_better": self.greater_is_better})
         return state

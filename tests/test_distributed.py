@@ -2,13 +2,19 @@
 once (also when the last batches are uneven or there are fewer batches than processes), and only
 the main process writes files and prints the report.
 
-The runs use examples/accelerate/cpu_2proc.yaml, so that config is exercised too.
+The runs use examples/accelerate/cpu_2proc.yaml, so that config is exercised too; with
+--num_machines 2 and a machine rank on the command line it also starts two "machines" on
+localhost, whose run must end with the weights and metrics of one process with their global batch.
 """
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +24,7 @@ import torch
 import finetune_kit as fk
 from finetune_kit.inference import first_sightings
 from finetune_kit.trainer import give_deepspeed_the_batch_size
-from tests.conftest import NEGATIVE, POSITIVE, REPO, write_csv, write_jsonl
+from tests.conftest import NEGATIVE, POSITIVE, REPO, build_tiny_encoder, write_csv, write_jsonl
 
 CPU_CONFIG = REPO / "examples" / "accelerate" / "cpu_2proc.yaml"
 
@@ -223,3 +229,182 @@ def test_processes_without_gpus_are_joined_on_the_cpu(tmp_path):
                       "Path(sys.argv[1], f'{rank}-of-{size}').touch()\n")
     launch([str(script), str(tmp_path)], env={"ACCELERATE_USE_CPU": "false"}, timeout=120)
     assert sorted(p.name for p in tmp_path.glob("*-of-*")) == ["0-of-2", "1-of-2"]
+
+
+# -- two machines on localhost ------------------------------------------------------------------
+#
+# What makes N processes with batch B train like one process with batch N x B (read in
+# finetune_kit/batching.py and trainer.py, and checked by the tests below):
+# - the training batches are cut by LengthGroupedBatchSampler from one shuffled order, a function
+#   of (seed, epoch) alone, and Accelerate hands process p every N-th batch from the p-th on; so
+#   without length grouping the N batches of one step are, in order, the one batch of N x B;
+#   with length grouping (the default) they are not: the groups of 50 batches, the sort within
+#   them and the shuffle of the batches all depend on the batch size;
+# - text classification's loss is the mean over the batch, and DDP averages the processes'
+#   gradients, so the update is that of the mean over all N x B examples (a loss averaged over
+#   tokens, as in tagging, would weight the processes' tokens differently);
+# - the schedule counts whole-data steps and clipping sees the averaged gradients;
+# - dropout draws its masks per process, of another shape than one process draws for N x B
+#   examples: the runs compared have no dropout.
+
+
+@pytest.fixture(scope="module")
+def encoder_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("bert-no-dropout")
+    return str(build_tiny_encoder(directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_the_batches_of_a_step_are_the_one_process_batch(processes):
+    """Without length grouping, the batches of 4 that N processes take at one step (through
+    Accelerate's sharding of the loader, as the trainer prepares it) are, in order, the batch of
+    N x 4 one process takes, in every epoch."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    from finetune_kit.batching import LengthGroupedBatchSampler
+
+    lengths = [3 + (7 * i) % 23 for i in range(48)]  # 48 examples: whole batches of 4 x N
+
+    def epochs(batch_size: int, num_processes: int, process_index: int) -> list[list[list[int]]]:
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=3, group_by_length=False)
+        loader = DataLoader(list(range(len(lengths))), batch_sampler=sampler, collate_fn=list)
+        loader = prepare_data_loader(loader, torch.device("cpu"), num_processes=num_processes,
+                                     process_index=process_index, put_on_device=False)
+        batches = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            batches.append(list(loader))
+        return batches
+
+    one = epochs(4 * processes, 1, 0)
+    shards = [epochs(4, processes, p) for p in range(processes)]
+    for epoch, batches in enumerate(one):
+        assert len(batches) == len(shards[0][epoch]) == 48 // (4 * processes)
+        steps = [[i for shard in shards for i in shard[epoch][step]] for step in range(len(batches))]
+        assert steps == batches
+    assert one[0] != one[1]  # the order changes with the epoch
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(name: str, command: list[str], logs: Path) -> tuple[str, subprocess.Popen, Path]:
+    """Start ``command`` in its own process group; its output goes to LOGS/NAME.log (files, not
+    pipes: nobody reads a pipe while the test waits on several processes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = logs / f"{name}.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return name, process, log
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a launcher and the workers it started. torchrun's agent gives each worker a session of
+    its own, so killing the launcher's group would leave them: SIGTERM lets the agent stop its
+    workers; whatever is left after a grace period is killed, the workers found beforehand too."""
+    import psutil
+
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for worker in workers:
+        try:
+            worker.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def run_together(started: list[tuple[str, subprocess.Popen, Path]], timeout: float) -> dict[str, str]:
+    """Wait for every process; all must succeed within ``timeout`` seconds, or all are stopped
+    (a hung rendezvous fails the test instead of hanging the suite) and their output is shown.
+    Returns the output of each, by name."""
+    deadline = time.monotonic() + timeout
+    failed = None
+    for name, process, _ in started:
+        try:
+            code = process.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            failed = f"{name} still running after {timeout:.0f} s"
+            break
+        if code != 0:
+            failed = f"{name} exited with {code}"
+            break
+    if failed is not None:
+        for _, process, _ in started:
+            stop(process)
+    output = {name: log.read_text(errors="replace") for name, _, log in started}
+    assert failed is None, failed + "".join(f"\n--- {name} ---\n{text[-3000:]}" for name, text in output.items())
+    return output
+
+
+def largest_difference_of_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
+    assert first.keys() == second.keys()
+    return max(float((first[k] - second[k]).abs().max()) for k in first)
+
+
+def test_two_machines_train_like_one_process_with_their_global_batch(encoder_without_dropout, tmp_path):
+    """`accelerate launch` as two machines on localhost (one process each, joined over gloo by
+    torchrun's static rendezvous at 127.0.0.1), batch 4 per process, against one process with
+    batch 8: the same 8 optimizer steps on the same examples, so the same weights and metrics."""
+    from safetensors.torch import load_file
+
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    train = write_csv(tmp_path / "train.csv", rows * 2)  # 32 rows: 4 steps of 8 per epoch, no uneven last batch
+    dev = write_csv(tmp_path / "dev.csv", rows[:-3])  # 13 rows: uneven across the two machines
+    common = ["--task", "text-classification", "--model", encoder_without_dropout, "--train", str(train),
+              "--validation", str(dev), "--epochs", "2", "--eval-batch-size", "4", "--learning-rate", "1e-3",
+              "--seed", "7", "--no-group-by-length", "--no-report-plots", "--bootstrap-resamples", "0"]
+    two, one = tmp_path / "two-machines", tmp_path / "one-process"
+    port = str(free_port())  # both machines must be given the same port: 0 (any) would pick one each
+    machines = [
+        start(f"machine-{rank}", [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
+                                  "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                                  "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                  "-m", "finetune_kit.cli", "train", *common, "--output", str(two),
+                                  "--batch-size", "4"], tmp_path)
+        for rank in (0, 1)
+    ]
+    single = start("one-process", [sys.executable, "-m", "finetune_kit.cli", "train", *common, "--output", str(one),
+                                   "--batch-size", "8"], tmp_path)
+    output = run_together([*machines, single], timeout=300)
+
+    # one run of two processes: machine 0's process alone printed the report and wrote the files
+    assert output["machine-0"].count("## validation") == 1, output["machine-0"][-3000:]
+    assert "## validation" not in output["machine-1"], output["machine-1"][-3000:]
+    [end_two] = [r for r in log_records(two) if r["event"] == "train_end"]
+    [end_one] = [r for r in log_records(one) if r["event"] == "train_end"]
+    assert end_two["step"] == end_one["step"] == 8  # 32 rows / (2 x 4) x 2 epochs; 32 / 8 x 2
+    assert end_two["best_step"] == end_one["best_step"]
+
+    # Not bit for bit: gloo's all-reduce adds the two processes' gradients (each summed over 4
+    # examples) where one process sums the 8 examples' contributions inside its matrix products,
+    # padded to another width; float addition in another order differs in the last bits, and 8
+    # AdamW steps carry that along. Measured: about 5e-8 (printed with pytest -s).
+    # Training did move the weights, by far more than that: AdamW's first step alone moves each
+    # weight with a gradient by about the learning rate (1e-3), in the direction its batch
+    # gives; other batches would give other weights at that scale.
+    initial = load_file(Path(encoder_without_dropout) / "model.safetensors")
+    for name in ("model.safetensors", "checkpoints/step-8/model.safetensors"):  # the best and the last weights
+        weights_two, weights_one = load_file(two / name), load_file(one / name)
+        difference = largest_difference_of_weights(weights_two, weights_one)
+        moved = largest_difference_of_weights({k: weights_one[f"bert.{k}"] for k in initial}, initial)
+        print(f"{name}: largest difference {difference:.1e}, largest change in training {moved:.1e}")
+        assert difference < 1e-5, name
+        assert moved > 1e-3, name
+    assert_same_metrics(validation_metrics(one), validation_metrics(two))

@@ -228,6 +228,14 @@ def test_int8_export_is_smaller_quantized_and_predicts(trained, exported, tmp_pa
     ops = {node.op_type for node in int8.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops
     assert "MatMulInteger" not in {node.op_type for node in fp32.graph.node}
+    # The encoder layers' six linear layers each (query, key, value, attention output, FFN in and
+    # out) are int8; the pooler and the classifier stay fp32 products of their fp32 weights.
+    layers = json.loads((trained("text-classification") / "config.json").read_text())["num_hidden_layers"]
+    assert sum(node.op_type == "MatMulInteger" for node in int8.graph.node) == 6 * layers
+    fp32_weights = {init.name for init in int8.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    head_products = [node for node in int8.graph.node if node.op_type in ("Gemm", "MatMul")
+                     and any(name in fp32_weights for name in node.input)]
+    assert len(head_products) == 2, [node.name for node in head_products]  # pooler, classifier
     assert manifest(out)["onnx"]["quantization"] == onnx_export.INT8_SETTINGS
     predictor = fk.load(out)
     predictions = predictor.predict(TEXTS)
