@@ -301,8 +301,9 @@ def export(
                                       "onnx: the model as model.onnx (LoRA merged), which predict, evaluate, serve "
                                       "and load run with onnxruntime."),
     quantize: Optional[str] = typer.Option(None, "--quantize", metavar="int8",
-                                           help="With --format onnx: int8 weights (dynamic quantization), smaller "
-                                           "and faster on CPUs; scores differ slightly."),
+                                           help="With --format onnx: the encoder layers' products in int8 (weights "
+                                           "per channel, activations per token as they come), smaller and faster "
+                                           "on CPUs; scores differ slightly."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_SAVED_HELP),
 ) -> None:
     """Write a self-contained model directory that loads without peft (LoRA merged with --merge),

@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -57,12 +58,15 @@ SINGLE_FILE_BYTES = 1_500_000_000
 # so that the token types have both segments.
 SAMPLE = [("the first sample text, a little longer than the others", "and the second text of its pair"),
           ("a second sample", "its pair"), ("the third one", "with a pair as well, somewhat longer")]
-# Dynamic quantization: int8 weights (per output channel) of the encoder layers' matrix products,
-# activations quantized to uint8 per batch as they come; embeddings, layer norms, softmax and the
-# task head (pooler, classifier, QA span scorer: a sliver of the arithmetic whose rounding moves
-# the scores directly) stay fp32.
-INT8_SETTINGS = {"method": "dynamic", "weights": "int8", "activations": "uint8", "per_channel": True,
-                 "reduce_range": False, "op_types": ["MatMul", "Gemm"], "scope": "encoder layers"}
+# int8: the encoder layers' matrix products with int8 weights (one scale per output channel) and
+# int8 activations with one scale per token, found as they come (symmetric: the token's largest
+# |value| is 127; stored as uint8 around 128, the form onnxruntime's integer kernels take). One
+# scale per token, not per batch, because a few tokens ([CLS], [SEP], punctuation) carry values 10
+# times the others', which would otherwise set every token's step. Embeddings, layer norms,
+# softmax, attention's own products and the task head (pooler, classifier, QA span scorer: a
+# sliver of the arithmetic whose rounding moves the scores directly) stay fp32.
+INT8_SETTINGS = {"method": "dynamic", "weights": "int8, per output channel", "activations": "int8, per token",
+                 "op": "com.microsoft.MatMulIntegerToFloat", "scope": "encoder layers"}
 # The torch module path of a transformer layer (``bert.encoder.layer.3.``, ``distilbert.transformer.layer.0.``),
 # read from the name scopes the exporter records on each ONNX node.
 ENCODER_LAYER_SCOPE = re.compile(r"\.layers?\.\d+\.")
@@ -97,6 +101,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quantize: str | N
         large = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_BYTES
         graph = staging / (f"fp32-{ONNX_FILE}" if quantize else ONNX_FILE)
         export_graph(model, samples[0], inputs, outputs, choices, graph, large)
+        simplify_graph(graph, large)
         difference = check_graph(model, graph, samples, outputs)
         record: dict[str, Any] = {"file": ONNX_FILE, "exporter": f"torch.onnx (dynamo) {torch.__version__}",
                                   "opset": graph_opset(graph), "inputs": inputs, "outputs": outputs,
@@ -258,33 +263,156 @@ def graph_opset(path: Path) -> int:
     return next(int(entry.version) for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def quantize_int8(fp32: Path, path: Path, large: bool = False) -> None:
-    """Write the dynamically quantized graph (``INT8_SETTINGS``) of the graph at ``fp32`` to ``path``,
-    and remove the fp32 graph (with its weights file, if any)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def drop_softmax_nan_guards(graph: Any) -> int:
+    """Remove the exporter's ``Where(IsNaN(p), 0, p)`` after each attention softmax, returning how many.
 
-    nodes = encoder_layer_products(onnx.load(str(fp32), load_external_data=False))
-    if not nodes:
+    torch's SDPA decomposition guards against rows whose every score is -inf (softmax gives NaN
+    there). transformers' masks fill with the dtype's lowest finite value, never -inf, so the guard
+    cannot fire, and onnxruntime's broadcasting ``Where`` over the (batch, heads, length, length)
+    scores took a quarter of the int8 graph's time. With a -inf constant anywhere in the graph the
+    guards stay."""
+    from onnx import numpy_helper
+
+    constants = list(graph.graph.initializer) + [attr.t for node in graph.graph.node if node.op_type == "Constant"
+                                                 for attr in node.attribute if attr.name == "value"]
+    if any(np.isneginf(numpy_helper.to_array(c)).any() for c in constants
+           if c.data_type in (1, 10, 11, 16) and not c.external_data):  # float, fp16, double, bf16
+        return 0
+    nodes = list(graph.graph.node)
+    producer = {output: node for node in nodes for output in node.output}
+    readers = Counter(name for node in nodes for name in node.input)
+    outputs = {output.name for output in graph.graph.output}
+    rename, dropped = {}, set()
+    for node in nodes:
+        if node.op_type != "Where" or node.output[0] in outputs:
+            continue
+        condition, value = producer.get(node.input[0]), producer.get(node.input[2])
+        if condition is not None and condition.op_type == "IsNaN" and condition.input[0] == node.input[2] \
+                and readers[node.input[0]] == 1 and value is not None and value.op_type == "Softmax":
+            rename[node.output[0]] = node.input[2]
+            dropped.update((id(node), id(condition)))
+    replace_nodes(graph, [node for node in nodes if id(node) not in dropped], rename)
+    return len(rename)
+
+
+def replace_nodes(graph: Any, nodes: list[Any], rename: dict[str, str] | None = None) -> None:
+    """Make ``nodes`` (in that order) the graph's nodes, their inputs renamed by ``rename``."""
+    import onnx
+
+    copies = []
+    for node in nodes:
+        copy_ = onnx.NodeProto()
+        copy_.CopyFrom(node)
+        for i, name in enumerate(copy_.input):
+            copy_.input[i] = (rename or {}).get(name, name)
+        copies.append(copy_)
+    del graph.graph.node[:]
+    graph.graph.node.extend(copies)
+
+
+def simplify_graph(path: Path, large: bool = False) -> None:
+    """Rewrite the exported graph at ``path`` without what cannot change its outputs
+    (``drop_softmax_nan_guards``)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    if drop_softmax_nan_guards(graph):
+        save_graph(graph, path, large)
+
+
+def save_graph(graph: Any, path: Path, large: bool = False) -> None:
+    import onnx
+
+    for leftover in path.parent.glob(f"{path.name}*"):
+        leftover.unlink()
+    onnx.save(graph, str(path), save_as_external_data=large, location=f"{path.name}.data")
+
+
+def quantize_int8(fp32: Path, path: Path, large: bool = False) -> None:
+    """Write the int8 graph (``INT8_SETTINGS``) of the graph at ``fp32`` to ``path``, and remove
+    the fp32 graph (with its weights file, if any).
+
+    Each activation that feeds encoder-layer products is quantized once (query, key and value
+    share theirs): ``q = uint8(x / s + 128.5)`` with ``s = max|x| / 127`` over the token's hidden
+    vector. Each product is ``MatMulIntegerToFloat(q, W8, 1, w_scale, 128) * s``: the integer
+    product with the weights' per-channel scales applied, then the token's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx.load(str(fp32))
+    weights = {init.name: init for init in graph.graph.initializer}
+    products: dict[str, list[Any]] = {}  # activation name -> the products that read it
+    all_nodes = list(graph.graph.node)
+    for node in encoder_layer_products(all_nodes):
+        if node.input[1] in weights \
+                and len(weights[node.input[1]].dims) == 2 and weights[node.input[1]].data_type == TensorProto.FLOAT:
+            products.setdefault(node.input[0], []).append(node)
+    if not products:
         raise OnnxError(f"{fp32.name}: no matrix product of an encoder layer found to quantize")
-    with quiet_exporter():
-        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=INT8_SETTINGS["per_channel"],
-                         reduce_range=INT8_SETTINGS["reduce_range"], op_types_to_quantize=INT8_SETTINGS["op_types"],
-                         nodes_to_quantize=nodes, use_external_data_format=large)
+
+    def constant(name: str, value: np.ndarray) -> str:
+        graph.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    axes, per_step, eps = (constant("int8_axes", np.array([-1], np.int64)),
+                           constant("int8_per_step", np.array(1 / 127, np.float32)),
+                           constant("int8_eps", np.array(1e-12, np.float32)))
+    offset, zero_point, one = (constant("int8_offset", np.array(128.5, np.float32)),
+                               constant("int8_zero_point", np.array(128, np.uint8)),
+                               constant("int8_one", np.array(1.0, np.float32)))
+    before: dict[int, list[Any]] = {}  # id(node) -> the nodes that go before it
+    for activation, readers in products.items():
+        p = f"int8/{activation}"
+        quantize = [
+            helper.make_node("Abs", [activation], [f"{p}/abs"], name=f"{p}/abs"),
+            helper.make_node("ReduceMax", [f"{p}/abs", axes], [f"{p}/max"], keepdims=1, name=f"{p}/max"),
+            helper.make_node("Mul", [f"{p}/max", per_step], [f"{p}/step0"], name=f"{p}/step0"),
+            helper.make_node("Max", [f"{p}/step0", eps], [f"{p}/step"], name=f"{p}/step"),
+            helper.make_node("Reciprocal", [f"{p}/step"], [f"{p}/inverse"], name=f"{p}/inverse"),
+            helper.make_node("Mul", [activation, f"{p}/inverse"], [f"{p}/scaled"], name=f"{p}/scaled"),
+            helper.make_node("Add", [f"{p}/scaled", offset], [f"{p}/shifted"], name=f"{p}/shifted"),
+            helper.make_node("Cast", [f"{p}/shifted"], [f"{p}/q"], to=TensorProto.UINT8, name=f"{p}/q"),
+        ]
+        before.setdefault(id(readers[0]), []).extend(quantize)
+        for node in readers:
+            weight = numpy_helper.to_array(weights[node.input[1]])
+            scale = np.maximum(np.abs(weight).max(axis=0), 1e-12).astype(np.float32) / 127
+            w8 = constant(f"{node.input[1]}/int8", np.clip(np.round(weight / scale), -127, 127).astype(np.int8))
+            w_scale = constant(f"{node.input[1]}/scale", scale)
+            before.setdefault(id(node), []).extend([
+                helper.make_node("MatMulIntegerToFloat", [f"{p}/q", w8, one, w_scale, zero_point],
+                                 [f"{node.output[0]}/int8"], name=f"{node.name}/int8", domain="com.microsoft"),
+                helper.make_node("Mul", [f"{node.output[0]}/int8", f"{p}/step"], [node.output[0]],
+                                 name=f"{node.name}/step"),
+            ])
+    replaced = {id(node) for readers in products.values() for node in readers}
+    nodes = []
+    for node in all_nodes:
+        nodes.extend(before.get(id(node), []))
+        if id(node) not in replaced:
+            nodes.append(node)
+    replace_nodes(graph, nodes)
+    fp32_weights = {node.input[1] for readers in products.values() for node in readers}
+    for i in reversed(range(len(graph.graph.initializer))):
+        if graph.graph.initializer[i].name in fp32_weights:
+            del graph.graph.initializer[i]
+    if not any(entry.domain == "com.microsoft" for entry in graph.opset_import):
+        graph.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save_graph(graph, path, large)
     for leftover in fp32.parent.glob(f"{fp32.name}*"):
         leftover.unlink()
 
 
-def encoder_layer_products(graph: Any) -> list[str]:
-    """The names of the ``MatMul``/``Gemm`` nodes that torch's exporter recorded inside a transformer
-    layer of the encoder (its ``pkg.torch.onnx.name_scopes``): what int8 quantizes."""
-    names = []
-    for node in graph.graph.node:
-        if node.op_type in INT8_SETTINGS["op_types"]:
+def encoder_layer_products(nodes: list[Any]) -> list[Any]:
+    """The ``MatMul`` nodes that torch's exporter recorded inside a transformer layer of the encoder
+    (its ``pkg.torch.onnx.name_scopes``): what int8 quantizes."""
+    chosen = []
+    for node in nodes:
+        if node.op_type == "MatMul":
             scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
             if ENCODER_LAYER_SCOPE.search(scopes):
-                names.append(node.name)
-    return names
+                chosen.append(node)
+    return chosen
 
 
 def onnx_versions() -> dict[str, str]:
@@ -301,6 +429,6 @@ def describe(model_dir: str | Path) -> str:
     """One line on an ONNX model directory's graph, for the command line."""
     record = read_manifest(model_dir).onnx or {}
     quantization = record.get("quantization")
-    kind = "int8 (dynamic quantization)" if quantization else "fp32"
+    kind = "int8 (per-token dynamic quantization)" if quantization else "fp32"
     return f"{kind}, opset {record.get('opset')}, inputs {', '.join(record.get('inputs', []))}"
 

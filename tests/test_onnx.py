@@ -225,13 +225,13 @@ def test_int8_export_is_smaller_quantized_and_predicts(trained, exported, tmp_pa
     assert not [p for p in out.iterdir() if "fp32" in p.name]
     int8, fp32 = onnx.load(str(out / "model.onnx")), onnx.load(str(exported("text-classification") / "model.onnx"))
     assert int8.ByteSize() < fp32.ByteSize()  # the graphs with their weights (the embeddings stay fp32)
-    ops = {node.op_type for node in int8.graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops
-    assert "MatMulInteger" not in {node.op_type for node in fp32.graph.node}
+    assert "MatMulIntegerToFloat" not in {node.op_type for node in fp32.graph.node}
     # The encoder layers' six linear layers each (query, key, value, attention output, FFN in and
-    # out) are int8; the pooler and the classifier stay fp32 products of their fp32 weights.
+    # out) are int8; the pooler and the classifier stay fp32 products of their fp32 weights. Query,
+    # key and value read one activation: it is quantized once for the three.
     layers = json.loads((trained("text-classification") / "config.json").read_text())["num_hidden_layers"]
-    assert sum(node.op_type == "MatMulInteger" for node in int8.graph.node) == 6 * layers
+    assert sum(node.op_type == "MatMulIntegerToFloat" for node in int8.graph.node) == 6 * layers
+    assert sum(node.op_type == "ReduceMax" for node in int8.graph.node) == 4 * layers
     fp32_weights = {init.name for init in int8.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
     head_products = [node for node in int8.graph.node if node.op_type in ("Gemm", "MatMul")
                      and any(name in fp32_weights for name in node.input)]
@@ -243,6 +243,92 @@ def test_int8_export_is_smaller_quantized_and_predicts(trained, exported, tmp_pa
     assert all(p["label"] in ("pos", "neg") and 0.5 <= p["score"] <= 1 for p in predictions)
     logits = predictor.model(**model_batch(predictor, TEXTS))["logits"]
     assert logits.shape == (len(TEXTS), 2) and torch.isfinite(logits).all()
+
+
+def layer_product_graph(path: Path, weight) -> Path:
+    """A one-product graph whose MatMul carries an encoder layer's name scope, as the exporter writes it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="node_MatMul_1")
+    node.metadata_props.add(key="pkg.torch.onnx.name_scopes",
+                            value="['', 'model', 'model.bert.encoder.layer.0.intermediate.dense', 'linear']")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return path
+
+
+def test_int8_products_give_each_token_its_own_activation_scale(tmp_path):
+    """One token with a value 200 times the others' does not coarsen the others' steps (one scale
+    for the batch would give them a step of 1.6, larger than their values); weights are int8 per
+    output channel (a column 100 times the others does not flatten them)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 8)).astype(np.float32)
+    weight[:, 0] *= 100
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    x[0, 0, 3] = 200.0
+    onnx_export.quantize_int8(layer_product_graph(tmp_path / "fp32-model.onnx", weight), tmp_path / "model.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # the fp32 graph removed
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got, expected = session.run(None, {"x": x})[0], x @ weight
+    # Each input is rounded by at most half its token's step (max |x| / 127), each weight by half
+    # its column's (max |w| / 127): the error of every output is bounded by the sums of both.
+    # With one step for the batch (200 / 127) the other tokens' errors would be 70 times larger.
+    token_steps = np.abs(x).max(axis=-1, keepdims=True) / 127
+    column_steps = np.abs(weight).max(axis=0) / 127
+    bound = token_steps / 2 * np.abs(weight).sum(axis=0) + np.abs(x).sum(-1, keepdims=True) * column_steps / 2
+    assert (np.abs(got - expected) <= bound * 1.01 + 1e-4).all()
+    assert np.abs(got - expected)[0, 1:].max() < 0.05 * np.abs(expected[0, 1:]).max()
+
+
+def guarded_softmax_graph(path: Path, fill: float) -> Path:
+    """softmax(x + mask) behind the exporter's NaN guard, the mask filled with ``fill``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Where", ["keep", "zero", "fill"], ["mask"]),
+             helper.make_node("Add", ["x", "mask"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+             helper.make_node("IsNaN", ["p"], ["nan"]),
+             helper.make_node("Where", ["nan", "zero", "p"], ["guarded"]),
+             helper.make_node("Identity", ["guarded"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                                           helper.make_tensor_value_info("keep", TensorProto.BOOL, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                               numpy_helper.from_array(np.array(fill, np.float32), "fill")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return path
+
+
+def test_softmax_nan_guards_go_only_where_masks_are_finite(tmp_path, exported):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    finite, infinite = (guarded_softmax_graph(tmp_path / f"{name}.onnx", fill)
+                        for name, fill in (("finite", np.finfo(np.float32).min), ("infinite", float("-inf"))))
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.1, 0.2]], np.float32)
+    keep = np.array([[True, True, False], [False, False, False]])  # the second row all masked
+    before = {path: ort.InferenceSession(str(path)).run(None, {"x": x, "keep": keep})[0] for path in (finite, infinite)}
+    for path in (finite, infinite):
+        onnx_export.simplify_graph(path)
+    ops = {path: [node.op_type for node in onnx.load(str(path)).graph.node] for path in (finite, infinite)}
+    assert "IsNaN" not in ops[finite] and ops[finite].count("Where") == 1  # the mask's own Where stays
+    assert ops[infinite].count("IsNaN") == 1  # -inf could make a row NaN: the guard stays
+    for path in (finite, infinite):
+        after = ort.InferenceSession(str(path)).run(None, {"x": x, "keep": keep})[0]
+        np.testing.assert_array_equal(after, before[path])
+    assert np.isfinite(before[finite]).all() and (before[infinite][1] == 0).all()
+    # an exported encoder has no guard left, and its outputs were checked against torch's
+    graph_ops = {node.op_type for node in onnx.load(str(exported("text-classification") / "model.onnx")).graph.node}
+    assert "Softmax" in graph_ops and "IsNaN" not in graph_ops
 
 
 # -- the command line and the backends -------------------------------------------------------------------
