@@ -320,11 +320,16 @@ def simplify_graph(path: Path, large: bool = False) -> None:
         save_graph(graph, path, large)
 
 
+def remove_graph(path: Path) -> None:
+    """Delete the graph at ``path`` and its weights file (``NAME.data``), if any."""
+    for leftover in path.parent.glob(f"{path.name}*"):
+        leftover.unlink()
+
+
 def save_graph(graph: Any, path: Path, large: bool = False) -> None:
     import onnx
 
-    for leftover in path.parent.glob(f"{path.name}*"):
-        leftover.unlink()
+    remove_graph(path)
     onnx.save(graph, str(path), save_as_external_data=large, location=f"{path.name}.data")
 
 
@@ -399,8 +404,7 @@ def quantize_int8(fp32: Path, path: Path, large: bool = False) -> None:
     if not any(entry.domain == "com.microsoft" for entry in graph.opset_import):
         graph.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save_graph(graph, path, large)
-    for leftover in fp32.parent.glob(f"{fp32.name}*"):
-        leftover.unlink()
+    remove_graph(fp32)
 
 
 def encoder_layer_products(nodes: list[Any]) -> list[Any]:
