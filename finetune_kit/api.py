@@ -214,7 +214,8 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
         accelerator.wait_for_everyone()
         state = accelerator.get_state_dict(prepared)  # collective under FSDP / DeepSpeed ZeRO-3
         if accelerator.is_main_process:
-            save_model_dir(output_dir, accelerator.unwrap_model(prepared), tokenizer, encoder.config, manifest, state)
+            save_model_dir(output_dir, accelerator.unwrap_model(prepared, keep_torch_compile=False), tokenizer,
+                           encoder.config, manifest, state)
         accelerator.wait_for_everyone()
 
     evaluate_validation = None
@@ -375,7 +376,7 @@ class Predictor:
                                 "merged into the encoder")
         if (output_dir / MANIFEST).exists():
             raise OutputDirError(f"{output_dir}: already holds a model; choose another directory")
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         model = merge_adapter(copy.deepcopy(model)) if self.is_adapter else model
         config = {**self.manifest.config, "lora": False}
         manifest = Manifest(task=self.manifest.task, task_state=self.manifest.task_state, config=config,

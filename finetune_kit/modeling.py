@@ -383,7 +383,7 @@ def save_model_dir(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state_dict = model.state_dict() if state_dict is None else state_dict
+    state_dict = plain_tensor_names(model.state_dict() if state_dict is None else state_dict)
     with tempfile.TemporaryDirectory(prefix=".saving-", dir=output_dir) as tmp:
         tmp_dir = Path(tmp)
         base = model.get_base_model() if is_peft_model(model) else model
@@ -430,6 +430,16 @@ def read_manifest(model_dir: str | Path) -> Manifest:
         raise ModelDirError(f"{path}: not a valid finetune-kit manifest ({exc})") from None
 
 
+# torch.compile's wrapper keeps the module it compiled under this name: a compiled model's tensor
+# names carry it (at the front, or inside for layers compiled one by one).
+COMPILED_MODULE = "_orig_mod."
+
+
+def plain_tensor_names(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict under the model's own tensor names, whether or not (parts of) it are compiled."""
+    return {name.replace(COMPILED_MODULE, ""): value for name, value in state.items()}
+
+
 def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     """Load saved weights strictly: a missing or extra tensor is an error, never a silent init.
     A LoRA-wrapped model takes the directory's adapter and heads."""
@@ -446,6 +456,10 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
         state = load_file(path)
     except SafetensorError as exc:
         raise _damaged_weights(path, exc) from None
+    names = list(model.state_dict())
+    own_name = {plain: name for plain, name in zip(plain_tensor_names(dict.fromkeys(names)), names) if plain != name}
+    if own_name:  # a compiled model: the file's names are the plain ones
+        state = {own_name.get(name, name): value for name, value in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if isinstance(model, PreTrainedModel):  # tensors tied to another are saved once, as that one
         tied = set(getattr(model, "all_tied_weights_keys", None) or {})

@@ -53,7 +53,10 @@ class OneDnnLinear(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        # A compiled model (``torch.compile``, Accelerate's dynamo backend) is left to its compiler,
+        # which cannot trace oneDNN's op.
+        if func is F.linear and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") \
+                and not torch.compiler.is_compiling():
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if weight.dim() == 2 and x.dim() >= 2 and all(_plain_cpu_fp32(t) for t in (x, weight)) \

@@ -1,6 +1,8 @@
 """Linear layers through oneDNN at inference on the CPU: taken only without autograd or autocast,
 on plain fp32 tensors, with F.linear's product; and the prediction path takes it."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,3 +71,39 @@ def test_predictions_run_through_it_and_match_f_linear(tiny_encoder, sentiment_f
     plain = predictor.predict(POSITIVE + NEGATIVE)
     assert [p["label"] for p in fast] == [p["label"] for p in plain]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(fast, plain)) < 1e-5
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor needs a C++ compiler")
+def test_a_compiled_model_is_left_to_its_compiler():
+    """Under torch.compile with dynamic shapes (Accelerate's dynamo backend compiles the model it
+    prepares), the mode keeps F.linear: inductor cannot lower oneDNN's op there."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24)
+    compiled = torch.compile(layer, dynamic=True)
+    x = torch.randn(4, 7, 16)
+    with torch.no_grad():
+        expected = F.linear(x, layer.weight, layer.bias)
+        with onednn.onednn_linears():
+            got = compiled(x)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_training_under_accelerates_dynamo_backend_evaluates_and_saves_plain_weights(
+        tiny_encoder, sentiment_files, tmp_path, monkeypatch):
+    """``accelerate launch --dynamo_backend ...`` (here its variable, with dynamo's eager backend:
+    traced, not code-generated) compiles the prepared model; evaluation then runs the compiled
+    model under the oneDNN mode, and the best weights are saved under the model's own names."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    result = fk.train(task="text-classification", model=tiny_encoder, train_file=str(sentiment_files["train"]),
+                      validation_file=str(sentiment_files["validation"]), output_dir=str(tmp_path / "m"),
+                      max_steps=2, report_plots=False, bootstrap_resamples=0)
+    assert result.metrics["validation"]["num_examples"] == 16
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as saved:
+        names = list(saved.keys())
+    assert names and not any("_orig_mod" in name for name in names)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND")
+    predictor = fk.load(tmp_path / "m")
+    assert {p["label"] for p in predictor.predict(POSITIVE + NEGATIVE)} <= {"pos", "neg"}
