@@ -34,8 +34,8 @@ def test_sst2_slice_learns_with_the_packaged_encoder(tmp_path):
     result = fk.train(task="text-classification", model="sentence-transformers/all-MiniLM-L6-v2",
                       train_file=str(SHARED_DATA / "sst2" / "train.tsv"),
                       validation_file=str(SHARED_DATA / "sst2" / "dev.tsv"), output_dir=str(tmp_path / "m"),
-                      text_column="sentence", max_train_samples=4000, epochs=1)
-    assert result.metrics["validation"]["accuracy"] > 0.77
+                      text_column="sentence", max_train_samples=2000, epochs=1)
+    assert result.metrics["validation"]["accuracy"] > 0.72  # 0.76 measured; the majority class is 0.51
     predictor = fk.load(tmp_path / "m")
     assert [p["label"] for p in predictor.predict(["a wonderful , moving film", "dull and lifeless"])] == ["1", "0"]
 
@@ -60,7 +60,8 @@ def test_wnut17_reads_completely():
 def test_wnut17_one_epoch_with_crf_learns(tmp_path):
     result = fk.train(task="token-classification", model="sentence-transformers/all-MiniLM-L6-v2",
                       train_file=str(WNUT / "wnut17train.conll"), validation_file=str(WNUT / "emerging.dev.conll"),
-                      output_dir=str(tmp_path / "m"), epochs=1, batch_size=16, task_options={"crf": True})
+                      output_dir=str(tmp_path / "m"), epochs=1, batch_size=16, task_options={"crf": True},
+                      max_train_samples=1700, learning_rate=2e-4)  # half the data: dev F1 0.43 measured
     validation = result.metrics["validation"]
     assert validation["num_tokens"] == 15733  # every word predicted
     assert validation["f1"] > 0.30
