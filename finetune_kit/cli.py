@@ -439,7 +439,7 @@ def serve(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("finetune-kit-demo"), help="Where the demo model and report go."),
-    epochs: float = typer.Option(3.0, help="Training epochs."),
+    epochs: float = typer.Option(2.0, help="Training epochs."),
     model: Optional[str] = typer.Option(None, help="Encoder (default: the packaged all-MiniLM-L6-v2)."),
 ) -> None:
     """Fine-tune the packaged encoder on the bundled support-ticket data, offline, in minutes."""

@@ -24,7 +24,7 @@ DEMO_MESSAGES = [
 ]
 
 
-def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 3.0, model: str | None = None) -> None:
+def run_demo(output: str | Path = "finetune-kit-demo", epochs: float = 2.0, model: str | None = None) -> None:
     console = message_console()
     if model is None:
         packaged = packaged_encoder_dir()

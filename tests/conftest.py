@@ -49,6 +49,21 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+single_torch_thread = pytest.fixture(one_torch_thread)  # the same for one test: request it by name
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_left_as_found():
+    """A test that changes torch's thread count and leaves it changed changes the speed of every
+    later test in the process (a real encoder trains at about 0.65x on one thread of two): each
+    test must restore it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, f"the test left torch at {torch.get_num_threads()} threads, not {threads}"
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert")))

@@ -157,8 +157,7 @@ def test_training_masks_change_with_the_epoch_and_repeat_exactly(tiny_encoder):
     assert torch.equal(task.collate(scoring)["labels"], fixed)  # evaluation masks ignore the epoch
 
 
-def test_resuming_mid_epoch_trains_on_the_same_masks(tiny_encoder, tmp_path):
-    torch.set_num_threads(1)
+def test_resuming_mid_epoch_trains_on_the_same_masks(tiny_encoder, tmp_path, single_torch_thread):
     reference, _ = mlm_run(tiny_encoder, tmp_path, "reference", epochs=2, save_steps=3, save_total_limit=20,
                            test_file=None)
     resumed = tmp_path / "resumed"

@@ -61,7 +61,7 @@ def test_wnut17_one_epoch_with_crf_learns(tmp_path):
     result = fk.train(task="token-classification", model="sentence-transformers/all-MiniLM-L6-v2",
                       train_file=str(WNUT / "wnut17train.conll"), validation_file=str(WNUT / "emerging.dev.conll"),
                       output_dir=str(tmp_path / "m"), epochs=1, batch_size=16, task_options={"crf": True},
-                      max_train_samples=1700, learning_rate=2e-4)  # half the data: dev F1 0.43 measured
+                      max_train_samples=1200, learning_rate=2e-4)  # a third of the data: dev F1 0.40 measured
     validation = result.metrics["validation"]
     assert validation["num_tokens"] == 15733  # every word predicted
     assert validation["f1"] > 0.30
@@ -132,10 +132,10 @@ def test_genia_reads_completely_as_spans():
 def test_genia_span_ner_one_epoch_finds_nested_entities(tmp_path):
     result = fk.train(task="span-ner", model="sentence-transformers/all-MiniLM-L6-v2",
                       train_file=str(GENIA / "dev.json"), validation_fraction=0.1, output_dir=str(tmp_path / "m"),
-                      epochs=1, batch_size=16)
+                      epochs=1, batch_size=16, max_train_samples=1100)  # 990 to train on, 110 to validate
     validation = result.metrics["validation"]
-    assert validation["num_sentences"] == 167 and validation["num_gold_nested"] > 0
-    assert validation["f1"] > 0.4
+    assert validation["num_sentences"] == 110 and validation["num_gold_nested"] > 0
+    assert validation["f1"] > 0.3  # 0.37 measured (0.46 on all 1,669 rows); nothing found scores 0
     predictor = fk.load(tmp_path / "m")
     predictions = predictor.predict_dataset(predictor.read_file(GENIA / "test.json").select(range(300)))
     nested = sum(1 for p in predictions for a in p["spans"] for b in p["spans"]
