@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import is_compiled_module, set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -34,6 +34,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
+from .dropout import dropout_masks
 from .files import atomic_write_text
 from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
@@ -321,6 +322,8 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=state.global_step, desc="Training",
                         disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         self.model.train()
+        # A compiled model is left to its compiler.
+        masks = "torch" if is_compiled_module(self.model) else config.dropout_masks
         stop = self._patience_reached()
         self._clock_started = time.perf_counter()
         while not stop and state.global_step < self.total_steps:
@@ -331,7 +334,8 @@ class Trainer:
                 state.train_tokens += (int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())) \
                     * accelerator.num_processes
                 with accelerator.accumulate(self.model):
-                    loss = self.model(**inputs).loss
+                    with dropout_masks(masks):
+                        loss = self.model(**inputs).loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)

@@ -248,12 +248,12 @@ def test_a_new_field_is_a_new_setting():
 # by a change to its declaration.
 CARD_BEFORE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
                "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "seed",
-               "mixed_precision", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+               "mixed_precision", "dropout_masks", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                "freeze_embeddings", "train_top_layers", "metric_for_best", "early_stopping_patience", "task_options"}
 COMPARED_BEFORE = {"task", "model", "train_file", "validation_file", "test_file", "epochs", "max_steps", "batch_size",
                    "gradient_accumulation_steps", "learning_rate", "head_learning_rate", "warmup_ratio",
                    "weight_decay", "max_length", "seed", "lora", "lora_r", "train_top_layers", "freeze_embeddings",
-                   "mixed_precision", "task_options"}
+                   "mixed_precision", "dropout_masks", "task_options"}
 
 
 def test_card_and_compare_settings_come_from_the_declarations():

@@ -227,7 +227,7 @@ def test_resume_from_a_folder_that_is_no_checkpoint_is_an_error(tiny_encoder, tm
 
 @pytest.mark.parametrize(("setting", "value"), [
     ("batch_size", 8), ("gradient_accumulation_steps", 2), ("seed", 7), ("epochs", 3.0), ("max_steps", 20),
-    ("learning_rate", 5e-4), ("task", "pair-classification"),
+    ("learning_rate", 5e-4), ("task", "pair-classification"), ("dropout_masks", "fast"),
 ])
 def test_resume_with_other_settings_is_an_error(tiny_encoder, finished_run, setting, value):
     files, out, _ = finished_run

@@ -1,0 +1,137 @@
+"""Dropout on the CPU from 16-bit random draws: masks of the same distribution, drawn for less.
+
+Torch's CPU dropout draws a float per element with ``bernoulli_`` (one 32-bit draw each, from a
+single thread), divides that noise tensor by the keep probability and multiplies, and saves the
+fp32 noise for the backward pass. Dropout is 7-24% of a fine-tuning step of a small encoder on
+the CPU, most of it the attention probabilities' dropout inside SDPA's math path (SDPA's fused
+CPU kernels take no dropout).
+
+Here a mask comes from 64-bit random integers cut into four 16-bit ones (four elements per draw)
+and one comparison; ``torch.where`` applies it (its backward keeps the bool mask,
+1 byte an element instead of a float). An element is dropped with probability
+``k / 65536``, ``k`` the nearest integer to ``p * 65536`` (0.1 -> 0.1000061), and kept values are
+divided by that probability's complement, so the expected output is the input exactly. Attention
+with dropout runs the same arithmetic as SDPA's math path (fp32 even for bf16 inputs, which that
+path upcasts) with the cheap mask on the probabilities.
+
+The random numbers come from torch's global CPU generator, like ``bernoulli_``'s, so seeding and
+the RNG state saved in a checkpoint make the masks reproducible; they are other masks than
+torch's for the same seed. Only plain CPU tensors in training take this path; GPUs (fused dropout
+kernels), compiled code and everything else run torch's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+LEVELS = 1 << 16
+# A drop probability is taken only if 16 bits carry it to within this share of itself.
+MAX_RELATIVE_ERROR = 1e-3
+
+
+def drop_count(p: float) -> int | None:
+    """``k``: an element is dropped when its 16-bit draw is among ``k`` of the 65536 values;
+    None when ``p`` is 0, 1 or too small for 16 bits to carry (then torch's dropout runs)."""
+    if not 0.0 < p < 1.0:
+        return None
+    count = round(p * LEVELS)
+    if count == 0 or count == LEVELS or abs(count / LEVELS - p) > MAX_RELATIVE_ERROR * p:
+        return None
+    return count
+
+
+def keep_mask(x: torch.Tensor, count: int) -> torch.Tensor:
+    """A bool tensor shaped like ``x``: False with probability ``count / 65536``."""
+    size = x.numel()
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((size + 3) // 4,), dtype=torch.int64)
+    halves = words.view(torch.int16)[:size].view(x.shape)
+    return halves >= count - LEVELS // 2
+
+
+def keep_scale(count: int) -> float:
+    return 1.0 / (1.0 - count / LEVELS)
+
+
+def masked_dropout(x: torch.Tensor, count: int) -> torch.Tensor:
+    return torch.where(keep_mask(x, count), x, 0.0).mul_(keep_scale(count))
+
+
+def _plain_cpu(tensor: Any) -> bool:
+    return type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu" \
+        and tensor.layout == torch.strided
+
+
+def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attn_mask: torch.Tensor | None, count: int, scale: float | None) -> torch.Tensor:
+    """SDPA's math path with the cheap mask on the attention probabilities. Half-precision
+    inputs (autocast casts SDPA's inputs to its dtype) are computed in fp32 as that path does.
+    Passes over the (queries x keys) tensors are what cost, so the scales go on the smaller
+    operands: the softmax scale on the queries, the dropout's on the values."""
+    out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    compute_dtype = torch.float32 if out_dtype in (torch.bfloat16, torch.float16) else out_dtype
+    with torch.autocast("cpu", enabled=False):
+        query, key, value = (t.to(out_dtype).to(compute_dtype) for t in (query, key, value))
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        scores = torch.matmul(query * scale, key.transpose(-2, -1))
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=compute_dtype).masked_fill_(~attn_mask, float("-inf"))
+            scores = scores + attn_mask.to(compute_dtype)
+        probs = torch.softmax(scores, dim=-1)
+        dropped = torch.where(keep_mask(probs, count), probs, 0.0)
+        return torch.matmul(dropped, value * keep_scale(count)).to(out_dtype)
+
+
+class CheapDropout(TorchFunctionMode):
+    """Routes training-time ``F.dropout`` and ``F.scaled_dot_product_attention`` with dropout on
+    plain CPU tensors to the 16-bit masks (see the module docstring)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.dropout and not torch.compiler.is_compiling():
+            routed = self._dropout(*args, **kwargs)
+            if routed is not None:
+                return routed
+        elif func is F.scaled_dot_product_attention and not torch.compiler.is_compiling():
+            routed = self._attention(*args, **kwargs)
+            if routed is not None:
+                return routed
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        count = drop_count(p)
+        if not training or inplace or count is None or not _plain_cpu(input) or not input.is_floating_point():
+            return None
+        return masked_dropout(input, count)
+
+    @staticmethod
+    def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                   enable_gqa: bool = False) -> Any:
+        count = drop_count(dropout_p)
+        if count is None or is_causal or enable_gqa or not all(_plain_cpu(t) for t in (query, key, value)):
+            return None
+        if attn_mask is not None:
+            # SDPA gives a query that may attend to nothing zeros; softmax would give NaN.
+            attends = attn_mask.any(-1) if attn_mask.dtype == torch.bool else ~torch.isneginf(attn_mask).all(-1)
+            if not _plain_cpu(attn_mask) or not attends.all():
+                return None
+        return attention_with_dropout(query, key, value, attn_mask, count, scale)
+
+
+@contextlib.contextmanager
+def dropout_masks(kind: str) -> Iterator[None]:
+    """Within the block, dropout draws its masks as ``kind`` says: ``fast`` (this module) or
+    ``torch``."""
+    if kind == "torch":
+        yield
+        return
+    with CheapDropout():
+        yield

@@ -1,0 +1,107 @@
+"""``dropout_masks: fast``: dropout from 16-bit random draws, with the drop probability, the
+scaling and the gradient of torch's dropout, and attention that computes what SDPA computes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+import finetune_kit as fk
+from finetune_kit.config import ConfigError, load_config
+from finetune_kit.dropout import LEVELS, CheapDropout, attention_with_dropout, drop_count, dropout_masks, keep_mask
+from tests.conftest import NEGATIVE, POSITIVE, write_csv
+
+
+def test_the_drop_probability_is_the_nearest_multiple_of_a_65536th_or_torchs_dropout_runs():
+    assert drop_count(0.1) == 6554  # 6553.6 rounded
+    assert drop_count(0.5) == 32768
+    assert drop_count(0.0) is None and drop_count(1.0) is None
+    assert drop_count(1e-6) is None  # 16 bits cannot carry it: torch's dropout runs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_drops_one_element_in_ten_and_scales_the_rest_so_the_mean_is_kept(dtype):
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, dtype=dtype, requires_grad=True)
+    with dropout_masks("fast"):
+        y = F.dropout(x, p=0.1, training=True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 6554 / LEVELS) < 0.002  # binomial sd 0.0003
+    kept_value = 1 / (1 - 6554 / LEVELS)
+    assert torch.allclose(y[y != 0].float(), torch.tensor(kept_value), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask * scale)/dx = mask * scale: the input was ones
+    assert y.dtype == dtype
+
+
+def test_fast_dropout_leaves_evaluation_and_other_dropouts_alone():
+    x = torch.randn(100)
+    with dropout_masks("fast"):
+        assert torch.equal(F.dropout(x, 0.1, training=False), x)
+        assert torch.equal(F.scaled_dot_product_attention(x.view(1, 1, 10, 10), x.view(1, 1, 10, 10),
+                                                          x.view(1, 1, 10, 10)),
+                           F.scaled_dot_product_attention(x.view(1, 1, 10, 10), x.view(1, 1, 10, 10),
+                                                          x.view(1, 1, 10, 10)))
+
+
+def test_the_masks_follow_the_seed():
+    x = torch.randn(1000)
+    with dropout_masks("fast"):
+        torch.manual_seed(3)
+        first = F.dropout(x, 0.2, training=True)
+        torch.manual_seed(3)
+        second = F.dropout(x, 0.2, training=True)
+        third = F.dropout(x, 0.2, training=True)
+    assert torch.equal(first, second) and not torch.equal(second, third)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+def test_attention_with_dropout_is_sdpa_with_that_mask_on_the_probabilities(mask_kind):
+    """With the mask drawn from the same seed, the attention output and its gradients equal
+    softmax(q k^T * scale + mask) with the dropout mask applied, times v (float64 throughout)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bool_mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    bool_mask[0, :, :, 3:] = False
+    attn_mask = {"bool": bool_mask, "float": torch.zeros(2, 1, 5, 5, dtype=torch.float64).masked_fill(
+        ~bool_mask, -1e4), "none": None}[mask_kind]
+    count = drop_count(0.3)
+    torch.manual_seed(7)
+    ours = attention_with_dropout(q, k, v, attn_mask, count, scale=None)
+    torch.manual_seed(7)
+    keep = keep_mask(torch.empty(2, 3, 5, 5), count).double()
+    scores = q @ k.transpose(-2, -1) / 2.0  # head size 4
+    if mask_kind != "none":
+        scores = scores.masked_fill(~bool_mask, float("-inf"))
+    expected = (scores.softmax(-1) * keep / (1 - count / LEVELS)) @ v
+    assert torch.allclose(ours, expected, atol=1e-10)
+    grads = torch.autograd.grad(ours.sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected_grads))
+
+
+def test_a_query_that_may_attend_to_nothing_goes_to_torchs_sdpa():
+    q = torch.randn(1, 1, 3, 4)
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    mask[0, 0, 1] = False
+    assert CheapDropout._attention(q, q, q, attn_mask=mask, dropout_p=0.1) is None
+
+
+def test_an_unknown_dropout_masks_value_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="dropout_masks: 'fastest' is not allowed; choose one of torch, fast"):
+        load_config(None, task="text-classification", model="m", output_dir=str(tmp_path),
+                    train_file="t.csv", dropout_masks="fastest")
+
+
+def test_training_with_fast_masks_draws_no_bernoulli_and_learns_the_same_way(tiny_encoder, tmp_path):
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    train_file = write_csv(tmp_path / "train.csv", rows)
+    ops = {}
+    for kind in ("torch", "fast"):
+        with profile() as prof:
+            fk.train(task="text-classification", model=tiny_encoder, train_file=str(train_file),
+                     output_dir=str(tmp_path / kind), batch_size=8, max_steps=2, report_plots=False,
+                     bootstrap_resamples=0, dropout_masks=kind)
+        ops[kind] = {event.key for event in prof.key_averages()}
+    assert "aten::bernoulli_" in ops["torch"]
+    assert "aten::bernoulli_" not in ops["fast"] and "aten::random_" in ops["fast"]
