@@ -94,12 +94,9 @@ class CheapDropout(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.dropout and not torch.compiler.is_compiling():
-            routed = self._dropout(*args, **kwargs)
-            if routed is not None:
-                return routed
-        elif func is F.scaled_dot_product_attention and not torch.compiler.is_compiling():
-            routed = self._attention(*args, **kwargs)
+        route = {F.dropout: self._dropout, F.scaled_dot_product_attention: self._attention}.get(func)
+        if route is not None and not torch.compiler.is_compiling():
+            routed = route(*args, **kwargs)
             if routed is not None:
                 return routed
         return func(*args, **kwargs)
@@ -120,8 +117,10 @@ class CheapDropout(TorchFunctionMode):
             return None
         if attn_mask is not None:
             # SDPA gives a query that may attend to nothing zeros; softmax would give NaN.
+            if not _plain_cpu(attn_mask):
+                return None
             attends = attn_mask.any(-1) if attn_mask.dtype == torch.bool else ~torch.isneginf(attn_mask).all(-1)
-            if not _plain_cpu(attn_mask) or not attends.all():
+            if not attends.all():
                 return None
         return attention_with_dropout(query, key, value, attn_mask, count, scale)
 

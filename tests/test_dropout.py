@@ -34,14 +34,18 @@ def test_fast_dropout_drops_one_element_in_ten_and_scales_the_rest_so_the_mean_i
     assert y.dtype == dtype
 
 
-def test_fast_dropout_leaves_evaluation_and_other_dropouts_alone():
+def test_fast_dropout_leaves_evaluation_and_attention_without_dropout_alone():
     x = torch.randn(100)
+    q = x.view(1, 1, 10, 10)
+    expected = F.scaled_dot_product_attention(q, q, q)
+    torch.manual_seed(0)
     with dropout_masks("fast"):
         assert torch.equal(F.dropout(x, 0.1, training=False), x)
-        assert torch.equal(F.scaled_dot_product_attention(x.view(1, 1, 10, 10), x.view(1, 1, 10, 10),
-                                                          x.view(1, 1, 10, 10)),
-                           F.scaled_dot_product_attention(x.view(1, 1, 10, 10), x.view(1, 1, 10, 10),
-                                                          x.view(1, 1, 10, 10)))
+        assert torch.equal(F.scaled_dot_product_attention(q, q, q), expected)
+        assert torch.equal(F.scaled_dot_product_attention(q, q, q, dropout_p=0.0), expected)
+    drawn = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(1))  # nothing above drew a random number
 
 
 def test_the_masks_follow_the_seed():
