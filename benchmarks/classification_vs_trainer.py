@@ -40,12 +40,14 @@ from common import (  # noqa: E402
     machine,
     matmul_peaks,
     model_flop_inputs,
-    precision_label,
     offline,
     packaged_encoder,
+    precision_label,
     print_table,
     reference_training_arguments,
     run_measured,
+    step_arguments,
+    step_label,
     work_directory,
 )
 
@@ -70,8 +72,13 @@ def trainer_child(args: dict) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        set_seed,
+    )
 
     set_seed(args["seed"])
     train_rows = read_tsv(args["train"], args["max_train_samples"])
@@ -111,7 +118,7 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
                "--learning-rate", str(args["learning_rate"]), "--max-length", str(args["max_length"]),
                "--seed", str(args["seed"]), "--warmup-ratio", "0", "--weight-decay", "0",
                "--text-column", args["text_column"], "--label-column", args["label_column"], "--overwrite",
-               "--mixed-precision", args["mixed_precision"]]
+               *step_arguments(args)]
     if args["text_pair_column"]:
         command += ["--text-pair-column", args["text_pair_column"]]
     if args["max_train_samples"]:
@@ -188,7 +195,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; data {args['train']} (first {args['max_train_samples'] or 'all'} rows), "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
           f"max length {args['max_length']}, seed {args['seed']}, "
-          f"precision {precision_label(args['mixed_precision'])}")
+          f"{step_label(args)}")
     start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-")
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}

@@ -29,11 +29,27 @@ def add_run_arguments(parser) -> None:
 
 
 def add_precision_argument(parser) -> None:
-    """``--mixed-precision``: both sides train at the same precision."""
+    """``--mixed-precision``: both sides train at the same precision; ``--dropout-masks``: finetune-kit's
+    dropout masks."""
     parser.add_argument("--mixed-precision", choices=sorted(PRECISIONS), default="no",
                         help="no: fp32 on both sides; bf16: finetune-kit mixed_precision=bf16 and the Trainer "
                              "recipe bf16=True (autocast bf16 on the CPU); MFU divides by the matmul peak of "
                              "that dtype [default: no]")
+    parser.add_argument("--dropout-masks", choices=["torch", "fast"], default="torch",
+                        help="finetune-kit's --dropout-masks (the Trainer recipe always draws torch's masks) "
+                             "[default: torch]")
+
+
+def step_arguments(args: dict) -> list[str]:
+    """finetune-kit's CLI options for the precision and dropout masks the benchmark runs with."""
+    return ["--mixed-precision", args["mixed_precision"], "--dropout-masks", args.get("dropout_masks", "torch")]
+
+
+def step_label(args: dict) -> str:
+    """The precision (and, when not torch's, the dropout masks) for a benchmark's first line."""
+    label = f"precision {precision_label(args['mixed_precision'])}"
+    masks = args.get("dropout_masks", "torch")
+    return label if masks == "torch" else f"{label}, finetune-kit dropout masks {masks}"
 
 
 def work_directory(given: str | None, prefix: str) -> Path:

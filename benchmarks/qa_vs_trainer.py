@@ -37,12 +37,14 @@ from common import (  # noqa: E402
     machine,
     matmul_peaks,
     model_flop_inputs,
-    precision_label,
     offline,
     packaged_encoder,
+    precision_label,
     print_table,
     reference_training_arguments,
     run_measured,
+    step_arguments,
+    step_label,
     work_directory,
 )
 
@@ -169,7 +171,7 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
             "--learning-rate", str(args["learning_rate"]), "--max-length", str(args["max_length"]),
             "--seed", str(args["seed"]), "--warmup-ratio", "0", "--weight-decay", "0", "--overwrite",
             "-o", f"doc_stride={args['doc_stride']}", "-o", "max_query_length=64",
-            "--mixed-precision", args["mixed_precision"]]
+            *step_arguments(args)]
 
 
 def measure(name: str, args: dict, work: Path) -> dict:
@@ -220,7 +222,7 @@ def main() -> None:
           f"(first {ns.max_train_samples or 'all'} questions), 39-48 -> eval (first {ns.max_eval_samples or 'all'}); "
           f"{args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
           f"max length {args['max_length']}, doc stride {args['doc_stride']}, seed {args['seed']}, "
-          f"precision {precision_label(args['mixed_precision'])}")
+          f"{step_label(args)}")
     start_peaks = matmul_peaks()
     sides = {"finetune-kit": "finetune-kit", "trainer": "HF Trainer recipe"}
     results = {label: measure(name, args, work) for name, label in sides.items() if ns.only in (None, name)}

@@ -14,6 +14,9 @@ The variants are the candidates of a faster step that need no change to the mode
   the first steps and is counted in the training time.
 - ``compile-regional``: the same, each encoder layer compiled once and reused
   (``ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1``).
+- ``fast-dropout-masks``: ``--dropout-masks fast`` (dropout masks from 16-bit random draws instead
+  of ``torch.bernoulli_``); the masks differ from torch's for a seed, so quality moves within the
+  seed spread.
 - ``pad-16``: every batch padded to a multiple of 16 tokens (fewer distinct shapes: the allocator
   and oneDNN see the same sizes again), at the cost of some padding.
 
@@ -32,7 +35,12 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classification_vs_trainer import PRESETS, QUALITY, finetune_kit_command, read_finetune_kit_result  # noqa: E402
+from classification_vs_trainer import (  # noqa: E402
+    PRESETS,
+    QUALITY,
+    finetune_kit_command,
+    read_finetune_kit_result,
+)
 from common import (  # noqa: E402
     add_mfu,
     add_precision_argument,
@@ -42,9 +50,9 @@ from common import (  # noqa: E402
     matmul_peaks,
     offline,
     packaged_encoder,
-    precision_label,
     print_table,
     run_measured,
+    step_label,
     work_directory,
 )
 
@@ -57,6 +65,7 @@ VARIANTS = {
     "eager-attention": {},
     "compile": COMPILE,
     "compile-regional": {**COMPILE, "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "true"},
+    "fast-dropout-masks": {},
     "pad-16": {},
 }
 
@@ -105,6 +114,8 @@ def child(variant: str, cli_args: list[str]) -> None:
 
 def measure(variant: str, args: dict, work: Path) -> dict:
     out = work / variant
+    if variant == "fast-dropout-masks":
+        args = {**args, "dropout_masks": "fast"}
     command = finetune_kit_command(args, out)
     cli_args = command[command.index("finetune_kit.cli") + 1:]
     saved = dict(os.environ)
@@ -136,10 +147,10 @@ def main() -> None:
     preset = {k: str(v) if isinstance(v, Path) else v for k, v in PRESETS[ns.preset].items()}
     args = {**preset, "label_column": "label", "max_length": 128, "task_option": ["pooling=pooler"],
             "epochs": ns.epochs, "batch_size": ns.batch_size, "learning_rate": ns.learning_rate, "seed": ns.seed,
-            "mixed_precision": ns.mixed_precision, "model": ns.model or packaged_encoder(),
+            "mixed_precision": ns.mixed_precision, "dropout_masks": ns.dropout_masks, "model": ns.model or packaged_encoder(),
             "max_train_samples": ns.max_train_samples or (4000 if ns.preset == "sst2" else None)}
     print(f"{machine()}; {ns.preset} (first {args['max_train_samples'] or 'all'} rows), {ns.epochs:g} epoch(s), "
-          f"batch {ns.batch_size}, seed {ns.seed}, precision {precision_label(ns.mixed_precision)}")
+          f"batch {ns.batch_size}, seed {ns.seed}, {step_label(args)}")
     start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-step-")
     variants = ["default", *[v for v in ns.variants if v != "default"]]

@@ -52,12 +52,14 @@ from common import (  # noqa: E402
     machine,
     matmul_peaks,
     model_flop_inputs,
-    precision_label,
     offline,
     packaged_encoder,
+    precision_label,
     print_table,
     reference_training_arguments,
     run_measured,
+    step_arguments,
+    step_label,
     work_directory,
 )
 
@@ -170,8 +172,15 @@ def goemotions_quality(dev_probabilities: np.ndarray, test_probabilities: np.nda
 def trainer_child(args: dict) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorForMultipleChoice, DataCollatorWithPadding, Trainer, set_seed)
+    from transformers import (
+        AutoModelForMultipleChoice,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorForMultipleChoice,
+        DataCollatorWithPadding,
+        Trainer,
+        set_seed,
+    )
 
     set_seed(args["seed"])
     tokenizer = AutoTokenizer.from_pretrained(args["model"])
@@ -242,7 +251,7 @@ def finetune_kit_command(args: dict, out: Path) -> list[str]:
                "--model", args["model"], "--output", str(out), "--epochs", str(args["epochs"]),
                "--batch-size", str(args["batch_size"]), "--learning-rate", str(args["learning_rate"]),
                "--max-length", str(args["max_length"]), "--seed", str(args["seed"]), "--warmup-ratio", "0",
-               "--weight-decay", "0", "--overwrite", "--no-report-plots", "--mixed-precision", args["mixed_precision"]]
+               "--weight-decay", "0", "--overwrite", "--no-report-plots", *step_arguments(args)]
     if args["max_train_samples"]:
         command += ["--max-train-samples", str(args["max_train_samples"])]
     for option in args["task_option"]:
@@ -331,12 +340,12 @@ def main() -> None:
     preset = PRESETS[ns.preset]
     args = {"preset": ns.preset, "max_train_samples": ns.max_train_samples, "learning_rate": ns.learning_rate,
             "seed": ns.seed, "model": ns.model or packaged_encoder(), "task_option": ns.task_option,
-            "mixed_precision": ns.mixed_precision,
+            "mixed_precision": ns.mixed_precision, "dropout_masks": ns.dropout_masks,
             **{key: getattr(ns, key) or preset[key] for key in ("epochs", "batch_size", "max_length")}}
     offline()
     print(f"{machine()}, {os.cpu_count()} CPUs; {ns.preset} (first {args['max_train_samples'] or 'all'} training "
           f"rows), {args['epochs']:g} epoch(s), batch {args['batch_size']}, lr {args['learning_rate']}, "
-          f"max length {args['max_length']}, seed {args['seed']}, precision {precision_label(args['mixed_precision'])}")
+          f"max length {args['max_length']}, seed {args['seed']}, {step_label(args)}")
     start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-")
     sides = {"finetune-kit": "finetune-kit", "HF Trainer recipe": "trainer"}

@@ -36,12 +36,14 @@ from common import (  # noqa: E402
     machine,
     matmul_peaks,
     model_flop_inputs,
-    precision_label,
     offline,
     packaged_encoder,
+    precision_label,
     print_table,
     reference_training_arguments,
     run_measured,
+    step_arguments,
+    step_label,
     work_directory,
 )
 
@@ -75,8 +77,13 @@ def trainer_child(args: dict) -> dict:
     from datasets import Dataset
     from seqeval.metrics import f1_score
     from seqeval.scheme import IOB2
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, set_seed)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        set_seed,
+    )
 
     set_seed(args["seed"])
     train = read_conll(args["train"], args["max_train_samples"])
@@ -133,7 +140,7 @@ def finetune_kit_command(args: dict, out: Path, crf: bool) -> list[str]:
                "--test", args["test"], "--output", str(out), "--epochs", str(args["epochs"]),
                "--batch-size", str(args["batch_size"]), "--learning-rate", str(args["learning_rate"]),
                "--max-length", str(args["max_length"]), "--seed", str(args["seed"]), "--warmup-ratio", "0",
-               "--weight-decay", "0", "--overwrite", "--mixed-precision", args["mixed_precision"]]
+               "--weight-decay", "0", "--overwrite", *step_arguments(args)]
     if args["max_train_samples"]:
         command += ["--max-train-samples", str(args["max_train_samples"])]
     return command + (["--crf"] if crf else [])
@@ -189,7 +196,7 @@ def main() -> None:
     print(f"{machine()}; train {args['train']} "
           f"(first {args['max_train_samples'] or 'all'} sentences), {args['epochs']:g} epoch(s), "
           f"batch {args['batch_size']}, lr {args['learning_rate']}, max length {args['max_length']}, "
-          f"seed {args['seed']}, precision {precision_label(args['mixed_precision'])}")
+          f"seed {args['seed']}, {step_label(args)}")
     start_peaks = matmul_peaks()
     work = work_directory(ns.work_dir, "fk-bench-ner-")
     labels = {"finetune-kit": "finetune-kit", "finetune-kit crf": "finetune-kit --crf", "trainer": "HF Trainer recipe"}

@@ -94,3 +94,23 @@ def test_matmul_peak_is_measured_at_the_given_threads_and_restores_them():
     peak = common.matmul_peak_gflops(torch.float32, threads=1, size=64, warmup=1, repeats=2)
     assert peak > 0
     assert torch.get_num_threads() == before
+
+
+def test_benchmark_precision_and_dropout_masks_reach_finetune_kit_train_options():
+    import argparse
+
+    import typer
+
+    from finetune_kit.cli import app
+
+    parser = argparse.ArgumentParser()
+    common.add_precision_argument(parser)
+    args = vars(parser.parse_args(["--mixed-precision", "bf16", "--dropout-masks", "fast"]))
+    options = common.step_arguments(args)
+    assert options == ["--mixed-precision", "bf16", "--dropout-masks", "fast"]
+    train_options = {opt for param in typer.main.get_command(app).commands["train"].params for opt in param.opts}
+    assert {options[0], options[2]} <= train_options
+    assert common.step_label(args) == "precision bf16, finetune-kit dropout masks fast"
+    defaults = vars(parser.parse_args([]))
+    assert common.step_arguments(defaults) == ["--mixed-precision", "no", "--dropout-masks", "torch"]
+    assert common.step_label(defaults) == "precision fp32"
