@@ -278,7 +278,7 @@ print(f"process {rank} ran with {AcceleratorState().mixed_precision}")
 
 def test_launched_processes_agree_on_what_auto_means(tiny_encoder, train_file, tmp_path):
     """Under ``accelerate launch`` every process resolves auto alike: bf16 only where all have it."""
-    from tests.test_distributed import launch
+    from tests.launched import launch
 
     script = tmp_path / "agree.py"
     script.write_text(AGREEMENT_SCRIPT, encoding="utf-8")

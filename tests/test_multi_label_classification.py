@@ -29,7 +29,8 @@ from finetune_kit.inference import prepare_features
 from finetune_kit.task import DataError, TaskError, TaskSettings
 from finetune_kit_tasks.multi_label_classification import MultiLabelClassificationTask, multi_label_metrics
 from tests.conftest import SHARED_DATA, write_csv, write_jsonl
-from tests.test_distributed import launch_training, rounded
+from tests.launched import two_process_run
+from tests.test_distributed import rounded
 from tests.test_resume import without_timing
 
 TASK = "multi-label-classification"
@@ -239,25 +240,29 @@ def test_lora_pairs_with_label_columns_and_per_label_thresholds(runs):
     assert rounded(evaluated) == rounded(validation)
 
 
-def test_two_processes_evaluate_like_one(tiny_encoder, tmp_path):
+@two_process_run("multi-label-classification")
+def plan_two_processes(directory: Path, encoder: str) -> list[str]:
+    names = directory / "names.txt"
+    names.write_text("animal\ncolor\nsize\nplant", encoding="utf-8")  # "plant" never occurs
+    rows = [{"text": text, "labels": ",".join(str(LABELS.index(n)) for n in labels)} for text, labels in ROWS]
+    train = write_csv(directory / "train.csv", rows * 2)
+    dev = write_csv(directory / "dev.csv", rows + [{"text": "the blue dog", "labels": "1,0"}])
+    return ["--task", TASK, "--model", encoder, "--train", str(train), "--validation", str(dev),
+            "--output", str(directory / "out"), "--epochs", "1", "--batch-size", "4", "--eval-batch-size", "4",
+            "--learning-rate", "1e-2", "--max-length", "32", "report_plots=false", "bootstrap_resamples=0",
+            "-o", "label_separator=,", "-o", f"label_names={names}"]
+
+
+def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     """Trained through the CLI under ``accelerate launch``: label ids joined by commas, named by a
     label_names file; 13 validation rows, uneven over 2 processes and batches of 4. The
     threshold tuned on the gathered predictions and the metrics are those of one process."""
-    names = tmp_path / "names.txt"
-    names.write_text("animal\ncolor\nsize\nplant", encoding="utf-8")  # "plant" never occurs
-    rows = [{"text": text, "labels": ",".join(str(LABELS.index(n)) for n in labels)} for text, labels in ROWS]
-    train = write_csv(tmp_path / "train.csv", rows * 2)
-    dev = write_csv(tmp_path / "dev.csv", rows + [{"text": "the blue dog", "labels": "1,0"}])
-    out = tmp_path / "out"
-    launch_training(["--task", TASK, "--model", tiny_encoder, "--train", str(train), "--validation", str(dev),
-                     "--output", str(out), "--epochs", "1", "--batch-size", "4", "--eval-batch-size", "4",
-                     "--learning-rate", "1e-2", "--max-length", "32", "report_plots=false", "bootstrap_resamples=0",
-                     "-o", "label_separator=,", "-o", f"label_names={names}"])
-    validation = json.loads((out / "metrics.json").read_text())["validation"]
+    run = two_process_runs["multi-label-classification"].check()
+    validation = json.loads((run.out / "metrics.json").read_text())["validation"]
     assert validation["num_examples"] == 13
     assert list(validation["per_label"]) == ["animal", "color", "size", "plant"]
     assert [validation["per_label"][n]["support"] for n in LABELS] == [6, 6, 5]
-    single = fk.evaluate(out, dev, tmp_path / "single", batch_size=4, bootstrap_resamples=0)
+    single = fk.evaluate(run.out, run.directory / "dev.csv", tmp_path / "single", batch_size=4, bootstrap_resamples=0)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert rounded(single) == rounded(validation)
 

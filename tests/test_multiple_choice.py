@@ -24,7 +24,8 @@ from finetune_kit.registry import get_task_class
 from finetune_kit.saved_models import task_settings
 from finetune_kit.task import TaskError
 from tests.conftest import SHARED_DATA, one_torch_thread, write_csv, write_jsonl
-from tests.test_distributed import launch_training, validation_metrics
+from tests.launched import two_process_run
+from tests.test_distributed import validation_metrics
 
 # (question, choices, index of the right one): the right choice repeats a word of the question;
 # two to four choices a question.
@@ -323,17 +324,22 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(trained, t
     assert resumed.metrics == result.metrics
 
 
-def test_two_processes_evaluate_like_one(tiny_encoder, files, tmp_path):
+@two_process_run("multiple-choice")
+def plan_two_processes(directory: Path, encoder: str) -> list[str]:
+    train = write_csv(directory / "train.csv", flat_rows() * 2, FLAT_FIELDS)
+    dev = write_jsonl(directory / "dev.jsonl", listed_rows(TOY[:7]))
+    return ["--task", "multiple-choice", "--model", encoder, "--train", str(train), "--validation", str(dev),
+            "--output", str(directory / "out"), "--max-steps", "2", "--batch-size", "4", "--eval-batch-size", "2",
+            "--max-length", "32", "--learning-rate", "1e-2"]
+
+
+def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     """7 validation questions of 2 to 4 choices in batches of 2: the processes' batches differ in
     their number of choices, and the last round is uneven."""
-    dev = write_jsonl(tmp_path / "dev.jsonl", listed_rows(TOY[:7]))
-    out = tmp_path / "out"
-    launch_training(["--task", "multiple-choice", "--model", tiny_encoder, "--train", str(files["train"]),
-                     "--validation", str(dev), "--output", str(out), "--max-steps", "2", "--batch-size", "4",
-                     "--eval-batch-size", "2", "--max-length", "32", "--learning-rate", "1e-2"])
-    validation = validation_metrics(out)
+    run = two_process_runs["multiple-choice"].check()
+    validation = validation_metrics(run.out)
     assert validation["num_examples"] == 7
-    single = fk.evaluate(out, dev, tmp_path / "single", batch_size=2)
+    single = fk.evaluate(run.out, run.directory / "dev.jsonl", tmp_path / "single", batch_size=2)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert single == pytest.approx(validation)
 

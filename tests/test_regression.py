@@ -33,9 +33,9 @@ from finetune_kit.modeling import load_pretrained_encoder
 from finetune_kit.registry import get_task_class
 from finetune_kit.task import ROW_INDEX, TaskError, TaskSettings, greater_is_better
 from tests.conftest import NEGATIVE, POSITIVE, SHARED_DATA, one_torch_thread, write_csv, write_jsonl
+from tests.launched import two_process_run
 from tests.test_distributed import (
     assert_same_metrics,
-    launch_training,
     log_records,
     validation_metrics,
 )
@@ -454,20 +454,23 @@ def test_an_architecture_without_a_transformers_head_is_a_task_error():
 
 # -- two processes, real data ------------------------------------------------------------------------
 
-def test_two_processes_evaluate_like_one(tiny_encoder, tmp_path):
+@two_process_run("regression")
+def plan_two_processes(directory: Path, encoder: str) -> list[str]:
+    rows = [{"text": t, "score": s} for t, s in zip(TEXTS, SCORES)]
+    train = write_csv(directory / "train.csv", rows)
+    dev = write_csv(directory / "dev.csv", rows[::3][:5])
+    return ["--task", "regression", "--model", encoder, "--train", str(train), "--validation", str(dev),
+            "--output", str(directory / "out"), "--label-column", "score", "--max-steps", "2", "--batch-size", "4",
+            "--eval-batch-size", "2", "--learning-rate", "1e-3", "report_plots=false", "bootstrap_resamples=0"]
+
+
+def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     """5 validation texts in batches of 2: the second process repeats a batch at the end, whose
     duplicates must count neither in the metrics nor in the loss."""
-    rows = [{"text": t, "score": s} for t, s in zip(TEXTS, SCORES)]
-    train = write_csv(tmp_path / "train.csv", rows)
-    dev = write_csv(tmp_path / "dev.csv", rows[::3][:5])
-    out = tmp_path / "out"
-    launch_training(["--task", "regression", "--model", tiny_encoder, "--train", str(train), "--validation",
-                     str(dev), "--output", str(out), "--label-column", "score", "--max-steps", "2",
-                     "--batch-size", "4", "--eval-batch-size", "2", "--learning-rate", "1e-3",
-                     "report_plots=false", "bootstrap_resamples=0"])
-    validation = validation_metrics(out)
+    run = two_process_runs["regression"].check()
+    validation = validation_metrics(run.out)
     assert validation["num_examples"] == 5
-    single = fk.evaluate(out, dev, tmp_path / "single", batch_size=2, **QUIET)
+    single = fk.evaluate(run.out, run.directory / "dev.csv", tmp_path / "single", batch_size=2, **QUIET)
     assert_same_metrics(single, validation)
 
 
