@@ -18,15 +18,19 @@ from transformers import (
     ElectraConfig,
     RobertaConfig,
 )
+from typer.testing import CliRunner
 
 import finetune_kit as fk
 from finetune_kit.adapters import AdapterError, apply_lora, lora_targets
+from finetune_kit.cli import app
 from finetune_kit.registry import get_task_class
 from tests.conftest import NEGATIVE, POSITIVE, REPO, write_csv, write_jsonl
 from tests.test_distributed import rounded
 from tests.test_question_answering import toy_squad, write_squad
 from tests.test_span_ner import NESTED, span_rows
 from tests.test_token_classification import SENTENCES, conll_text
+
+runner = CliRunner()
 
 
 def sentiment(tmp_path: Path) -> tuple[Path, list]:
@@ -170,11 +174,9 @@ def test_trainable_parameters_by_hand(tiny_encoder, tmp_path):
     """Tiny BERT: hidden 32, feed-forward 64, 2 layers, r=8, 2 labels; BERT's transformers head
     trains its pooler beside the classifier."""
     data, _ = sentiment(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune_kit.cli", "train", "--task", "text-classification", "--model", tiny_encoder,
-         "--train", str(data), "--output", str(tmp_path / "out"), "--max-steps", "1", "--lora", "--lora-r", "8"],
-        capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = runner.invoke(app, ["train", "--task", "text-classification", "--model", tiny_encoder, "--train", str(data),
+                               "--output", str(tmp_path / "out"), "--max-steps", "1", "--lora", "--lora-r", "8"])
+    assert done.exit_code == 0, done.output[-2000:]
     per_layer = 4 * 8 * (32 + 32) + 8 * (32 + 64) + 8 * (64 + 32)  # q, k, v, out; intermediate; output
     head = (32 * 32 + 32) + (32 * 2 + 2)  # pooler, classifier
     assert f"{2 * per_layer + head:,} trainable of" in " ".join(done.stderr.split())
@@ -183,12 +185,10 @@ def test_trainable_parameters_by_hand(tiny_encoder, tmp_path):
 def test_freezing_keeps_frozen_weights_bit_identical(tiny_encoder, tmp_path):
     data, _ = sentiment(tmp_path)
     out = tmp_path / "frozen"
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune_kit.cli", "train", "--task", "text-classification", "--model", tiny_encoder,
-         "--train", str(data), "--output", str(out), "--max-steps", "5", "--learning-rate", "1e-2",
-         "--freeze-embeddings", "--train-top-layers", "1"],
-        capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = runner.invoke(app, ["train", "--task", "text-classification", "--model", tiny_encoder, "--train", str(data),
+                               "--output", str(out), "--max-steps", "5", "--learning-rate", "1e-2",
+                               "--freeze-embeddings", "--train-top-layers", "1"])
+    assert done.exit_code == 0, done.output[-2000:]
     before = load_file(Path(tiny_encoder) / "model.safetensors")
     after = {k.removeprefix("bert."): v for k, v in load_file(out / "model.safetensors").items()}  # transformers' names
     frozen = [k for k in before if k.startswith(("embeddings.", "encoder.layer.0."))]
@@ -229,11 +229,11 @@ def test_export_and_load_errors(tiny_encoder, tmp_path):
     base = tmp_path / "base"
     fk.train(task="text-classification", model=tiny_encoder, train_file=str(data), output_dir=str(tmp_path / "out"),
              lora=True, max_steps=1)
-    cli = [sys.executable, "-m", "finetune_kit.cli", "export", str(tmp_path / "out"), "--output", str(base)]
-    done = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pass --merge" in done.stderr
-    done = subprocess.run([*cli, "--merge"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert done.returncode == 0 and (base / "model.safetensors").exists()
+    cli = ["export", str(tmp_path / "out"), "--output", str(base)]
+    done = runner.invoke(app, cli)
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1 and "pass --merge" in done.stderr
+    done = runner.invoke(app, [*cli, "--merge"])
+    assert done.exit_code == 0 and (base / "model.safetensors").exists(), done.output[-2000:]
     # an adapter whose base encoder is gone cannot silently become a random model
     manifest_path = tmp_path / "out" / "finetune_kit.json"
     manifest = json.loads(manifest_path.read_text())
