@@ -439,14 +439,15 @@ def serve(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("finetune-kit-demo"), help="Where the demo model and report go."),
-    epochs: float = typer.Option(2.0, help="Training epochs."),
+    epochs: Optional[float] = typer.Option(None, help="Training epochs (default: the demo's, "
+                                                      "enough to learn the bundled data)."),
     model: Optional[str] = typer.Option(None, help="Encoder (default: the packaged all-MiniLM-L6-v2)."),
 ) -> None:
     """Fine-tune the packaged encoder on the bundled support-ticket data, offline, in minutes."""
     from .demo import run_demo
 
     _quiet_libraries()
-    _run(run_demo, output, epochs=epochs, model=model)
+    _run(run_demo, output, model=model, **({} if epochs is None else {"epochs": epochs}))
 
 
 def main() -> None:

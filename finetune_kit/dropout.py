@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .cpu_tensors import is_plain_cpu
+
 LEVELS = 1 << 16
 # A drop probability is taken only if 16 bits carry it to within this share of itself.
 MAX_RELATIVE_ERROR = 1e-3
@@ -60,11 +62,6 @@ def keep_scale(count: int) -> float:
 
 def masked_dropout(x: torch.Tensor, count: int) -> torch.Tensor:
     return torch.where(keep_mask(x, count), x, 0.0).mul_(keep_scale(count))
-
-
-def _plain_cpu(tensor: Any) -> bool:
-    return type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu" \
-        and tensor.layout == torch.strided
 
 
 def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -104,7 +101,7 @@ class CheapDropout(TorchFunctionMode):
     @staticmethod
     def _dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
         count = drop_count(p)
-        if not training or inplace or count is None or not _plain_cpu(input) or not input.is_floating_point():
+        if not training or inplace or count is None or not is_plain_cpu(input) or not input.is_floating_point():
             return None
         return masked_dropout(input, count)
 
@@ -113,11 +110,11 @@ class CheapDropout(TorchFunctionMode):
                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                    enable_gqa: bool = False) -> Any:
         count = drop_count(dropout_p)
-        if count is None or is_causal or enable_gqa or not all(_plain_cpu(t) for t in (query, key, value)):
+        if count is None or is_causal or enable_gqa or not all(is_plain_cpu(t) for t in (query, key, value)):
             return None
         if attn_mask is not None:
             # SDPA gives a query that may attend to nothing zeros; softmax would give NaN.
-            if not _plain_cpu(attn_mask):
+            if not is_plain_cpu(attn_mask):
                 return None
             attends = attn_mask.any(-1) if attn_mask.dtype == torch.bool else ~torch.isneginf(attn_mask).all(-1)
             if not attends.all():

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .cpu_tensors import is_plain_cpu
+
 ENV_SWITCH = "FINETUNE_KIT_ONEDNN_LINEAR"
 
 
@@ -44,8 +46,7 @@ def onednn_linear_works() -> bool:
 
 
 def _plain_cpu_fp32(tensor: Any) -> bool:
-    return (type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter) and tensor.device.type == "cpu" \
-        and tensor.dtype == torch.float32 and tensor.layout == torch.strided
+    return is_plain_cpu(tensor) and tensor.dtype == torch.float32
 
 
 class OneDnnLinear(TorchFunctionMode):

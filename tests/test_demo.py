@@ -1,13 +1,14 @@
 """The offline demo: the bundled data and the command, with the tiny encoder and for real."""
 
 import csv
+import inspect
 from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
 
 from finetune_kit.cli import app
-from finetune_kit.demo import DEMO_DATA
+from finetune_kit.demo import DEMO_DATA, run_demo
 from finetune_kit.modeling import packaged_encoder_dir
 
 
@@ -45,6 +46,9 @@ def test_demo_with_the_packaged_encoder_learns(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.85
+    # without --epochs the command trains the demo's own default, written once, in run_demo
+    default_epochs = inspect.signature(run_demo).parameters["epochs"].default
+    assert json.loads((tmp_path / "demo" / "finetune_kit.json").read_text())["config"]["epochs"] == default_epochs
 
 
 def test_generator_reproduces_the_shipped_files(tmp_path):
