@@ -35,21 +35,22 @@ def add_precision_argument(parser) -> None:
                         help="no: fp32 on both sides; bf16: finetune-kit mixed_precision=bf16 and the Trainer "
                              "recipe bf16=True (autocast bf16 on the CPU); MFU divides by the matmul peak of "
                              "that dtype [default: no]")
-    parser.add_argument("--dropout-masks", choices=["torch", "fast"], default="torch",
+    parser.add_argument("--dropout-masks", choices=["fast", "torch"],
                         help="finetune-kit's --dropout-masks (the Trainer recipe always draws torch's masks) "
-                             "[default: torch]")
+                             "[default: finetune-kit's own]")
 
 
 def step_arguments(args: dict) -> list[str]:
-    """finetune-kit's CLI options for the precision and dropout masks the benchmark runs with."""
-    return ["--mixed-precision", args["mixed_precision"], "--dropout-masks", args.get("dropout_masks", "torch")]
+    """finetune-kit's CLI options for the precision and dropout masks the benchmark runs with
+    (finetune-kit's default masks unless ``--dropout-masks`` was given)."""
+    masks = ["--dropout-masks", args["dropout_masks"]] if args.get("dropout_masks") else []
+    return ["--mixed-precision", args["mixed_precision"], *masks]
 
 
 def step_label(args: dict) -> str:
-    """The precision (and, when not torch's, the dropout masks) for a benchmark's first line."""
-    label = f"precision {precision_label(args['mixed_precision'])}"
-    masks = args.get("dropout_masks", "torch")
-    return label if masks == "torch" else f"{label}, finetune-kit dropout masks {masks}"
+    """The precision and finetune-kit's dropout masks, for a benchmark's first line."""
+    masks = args.get("dropout_masks") or "default"
+    return f"precision {precision_label(args['mixed_precision'])}, finetune-kit dropout masks {masks}"
 
 
 def work_directory(given: str | None, prefix: str) -> Path:

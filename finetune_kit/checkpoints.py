@@ -16,7 +16,6 @@ Checkpoints of format 1 (before checksums) are resumed with a warning that they 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from typing import Any
 from accelerate import Accelerator
 from datasets import Dataset
 
-from .config import ConfigError, TrainConfig
+from .config import REQUIRED, ConfigError, TrainConfig, declared_settings
 from .data import INTERNAL_COLUMNS
 from .modeling import MANIFEST
 
@@ -50,9 +49,11 @@ FREE_ON_RESUME = frozenset({
 })
 
 
-# The settings' defaults as JSON values, as run_settings records them.
-_DEFAULTS = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
-                                   if f.default is not dataclasses.MISSING}))
+# What a checkpoint that does not record a setting was written with, as JSON values (as
+# run_settings records them): the setting's default, or the value runs had before it was recorded.
+_UNRECORDED = json.loads(json.dumps({
+    s.name: s.default if s.unrecorded is REQUIRED else s.unrecorded for s in declared_settings()
+    if s.default is not REQUIRED}))
 
 
 class ResumeError(ConfigError):
@@ -224,11 +225,11 @@ def check_data(checkpoint: Path, fingerprints: dict[str, str], sources: dict[str
 
 def check_settings(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any], option: str) -> None:
     """Every setting in ``current`` must be the one the checkpoint was written with. A setting
-    newer than the checkpoint (not recorded in it) must be at its default, which is what the
-    run that wrote the checkpoint had."""
+    newer than the checkpoint (not recorded in it) must be at what the run that wrote the
+    checkpoint had: its default, or the value it had before it was recorded (``unrecorded``)."""
     recorded = saved.get("settings", {})
     for key, value in current.items():
-        if key not in recorded and key in _DEFAULTS and value == _DEFAULTS[key]:
+        if key not in recorded and key in _UNRECORDED and value == _UNRECORDED[key]:
             continue
         if key not in recorded:
             raise ResumeError(f"{option}: {checkpoint} does not record {key}; it cannot be resumed exactly")

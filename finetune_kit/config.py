@@ -88,6 +88,9 @@ class Setting:
     compared: bool = False
     # The values a numeric setting allows (each int and float setting has them).
     bounds: Bounds | None = None
+    # What runs had before the setting was recorded, where its default changed since (REQUIRED: the
+    # default); a checkpoint that does not record the setting was written with this value.
+    unrecorded: Any = REQUIRED
     # From the field: its name, type hint and default.
     name: str = ""
     hint: Any = None
@@ -123,10 +126,10 @@ class Setting:
 
 def setting(default: Any = MISSING, *, help: str, option: str | tuple[str, ...] = (), metavar: str | None = None,
             unset: str | None = None, card: bool = False, compared: bool = False, bounds: Bounds | None = None,
-            default_factory: Any = MISSING) -> Any:
+            unrecorded: Any = REQUIRED, default_factory: Any = MISSING) -> Any:
     """A ``TrainConfig`` field with its declaration (see ``Setting``)."""
     declaration = Setting(help=help, names=(option,) if isinstance(option, str) else option, metavar=metavar,
-                          unset=unset, card=card, compared=compared, bounds=bounds)
+                          unset=unset, card=card, compared=compared, bounds=bounds, unrecorded=unrecorded)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={DECLARATION: declaration})
 
 
@@ -211,9 +214,10 @@ class TrainConfig:
                    "fp16 (GPUs only) or auto (bf16 on CPUs with AMX or AVX-512 BF16 and on GPUs with native bf16, "
                    "else no; the run records what it chose)", card=True, compared=True)
     dropout_masks: str = setting(
-        "torch", help="How dropout draws its masks on the CPU: torch (its own dropout) or fast (16-bit random draws, "
-                      "the same distribution at 1.1-1.3x the training speed; other masks than torch for a seed)",
-        card=True, compared=True)
+        "fast", help="How dropout draws its masks in training on the CPU: fast (16-bit random draws, the same "
+                     "distribution at 1.1-1.3x the training speed) or torch (its own dropout, the masks torch "
+                     "draws for a seed)",
+        card=True, compared=True, unrecorded="torch")
     seed: int = setting(42, help="Seed for the weights of new heads, dropout and data order", card=True,
                         compared=True, bounds=SEED)
     group_by_length: bool = setting(

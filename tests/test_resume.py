@@ -227,7 +227,7 @@ def test_resume_from_a_folder_that_is_no_checkpoint_is_an_error(tiny_encoder, tm
 
 @pytest.mark.parametrize(("setting", "value"), [
     ("batch_size", 8), ("gradient_accumulation_steps", 2), ("seed", 7), ("epochs", 3.0), ("max_steps", 20),
-    ("learning_rate", 5e-4), ("task", "pair-classification"), ("dropout_masks", "fast"),
+    ("learning_rate", 5e-4), ("task", "pair-classification"), ("dropout_masks", "torch"),
 ])
 def test_resume_with_other_settings_is_an_error(tiny_encoder, finished_run, setting, value):
     files, out, _ = finished_run
@@ -437,6 +437,19 @@ def test_a_setting_newer_than_the_checkpoint_must_be_at_its_default(tmp_path):
         check_settings(tmp_path, saved, {"seed": 42, "greater_is_better": False}, "resume")
     with pytest.raises(ResumeError, match="does not record num_processes"):  # not a setting with a default
         check_settings(tmp_path, saved, {"seed": 42, "num_processes": 1}, "resume")
+
+
+def test_a_checkpoint_from_before_dropout_masks_was_recorded_had_torch_masks(tmp_path):
+    """dropout_masks' default is fast, but checkpoints written before it was recorded trained
+    with torch's masks: they resume exactly with torch only."""
+    from finetune_kit.checkpoints import ResumeError, check_settings
+    from finetune_kit.config import TrainConfig
+
+    assert TrainConfig(task="text-classification", model="m", train_file="t.csv", output_dir="o").dropout_masks == "fast"
+    saved = {"settings": {"seed": 42}}
+    check_settings(tmp_path, saved, {"seed": 42, "dropout_masks": "torch"}, "resume")
+    with pytest.raises(ResumeError, match="does not record dropout_masks; it cannot be resumed exactly"):
+        check_settings(tmp_path, saved, {"seed": 42, "dropout_masks": "fast"}, "resume")
 
 
 def flipped(rows: list[dict]) -> list[dict]:
