@@ -48,8 +48,8 @@ def two_process_run(name: str) -> Callable:
 
 @dataclass
 class LaunchedRun:
-    directory: Path  # where its plan wrote the data
     out: Path  # its --output
+    validation: Path  # its --validation
     printed: str  # what both processes printed during this run, standard output and error
     exit_codes: list[int]  # one per process
 
@@ -67,7 +67,7 @@ def two_process_runs(tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory
         directory.mkdir()
         arguments = plan(directory, tiny_encoder)
         runs.append({"name": name, "args": ["train", *arguments]})
-        planned[name] = (directory, Path(arguments[arguments.index("--output") + 1]))
+        planned[name] = tuple(Path(arguments[arguments.index(option) + 1]) for option in ("--output", "--validation"))
     plan_file = root / "runs.json"
     plan_file.write_text(json.dumps(runs))
     logs = root / "logs"
@@ -75,9 +75,8 @@ def two_process_runs(tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory
     launch([str(RUNNER), str(plan_file), str(logs)], timeout=120 + 60 * len(runs))
 
     def outcome(name: str) -> LaunchedRun:
-        directory, out = planned[name]
         printed = "".join((logs / f"{name}.{rank}.log").read_text() for rank in range(PROCESSES))
         codes = [int((logs / f"{name}.{rank}.exit").read_text()) for rank in range(PROCESSES)]
-        return LaunchedRun(directory, out, printed, codes)
+        return LaunchedRun(*planned[name], printed, codes)
 
     return {name: outcome(name) for name in planned}

@@ -76,7 +76,7 @@ def test_two_processes_train_and_evaluate_like_one(two_process_runs, tmp_path):
     validation = validation_metrics(run.out)
     assert validation["num_examples"] == 13
     assert sum(map(sum, validation["confusion_matrix"]["matrix"])) == 13
-    single = fk.evaluate(run.out, run.directory / "dev.csv", tmp_path / "single", batch_size=4)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=4)
     assert single["accuracy"] == validation["accuracy"]
     assert single["confusion_matrix"] == validation["confusion_matrix"]
     assert single["loss"] == pytest.approx(validation["loss"], abs=1e-6)
@@ -101,7 +101,7 @@ def test_two_processes_evaluate_tagging_like_one(two_process_runs, tmp_path):
     run = two_process_runs["token-classification"].check()
     validation = validation_metrics(run.out)
     assert validation["num_sentences"] == 7 and validation["num_tokens"] == 41
-    single = fk.evaluate(run.out, run.directory / "dev.conll", tmp_path / "single", batch_size=2)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=2)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert single == validation
 
@@ -122,7 +122,7 @@ def test_two_processes_evaluate_qa_like_one(two_process_runs, tmp_path):
     run = two_process_runs["question-answering"].check()
     validation = validation_metrics(run.out)
     assert validation["num_questions"] == 36
-    single = fk.evaluate(run.out, run.directory / "toy.json", tmp_path / "single", batch_size=5)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=5)
     assert_same_metrics(single, validation)
 
 
@@ -148,7 +148,7 @@ def test_two_processes_evaluate_pairs_like_one(two_process_runs, tmp_path):
     validation = validation_metrics(run.out)
     assert validation["num_examples"] == 5
     assert sum(map(sum, validation["confusion_matrix"]["matrix"])) == 5
-    single = fk.evaluate(run.out, run.directory / "dev.tsv", tmp_path / "single", batch_size=2)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=2)
     assert_same_metrics(single, validation)
     assert_one_writer(run, steps=6)  # 18 rows / (2 processes x 3) x 2 epochs
 
@@ -171,7 +171,7 @@ def test_two_processes_evaluate_spans_like_one(two_process_runs, tmp_path):
     run = two_process_runs["span-ner"].check()
     validation = validation_metrics(run.out)
     assert validation["num_gold_nested"] == 2
-    single = fk.evaluate(run.out, run.directory / "dev.jsonl", tmp_path / "single", batch_size=4)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=4)
     assert_same_metrics(single, validation)
     assert_one_writer(run, steps=4)  # 16 sentences / (2 processes x 4) x 2 epochs
 
@@ -196,7 +196,7 @@ def test_two_processes_evaluate_masked_lm_like_one(two_process_runs, tmp_path):
     validation = validation_metrics(run.out)
     assert validation["num_texts"] == 13 and validation["before_training"]["masked_tokens"] == validation["masked_tokens"]
     validation.pop("before_training")
-    single = fk.evaluate(run.out, run.directory / "dev.txt", tmp_path / "single", batch_size=2)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=2)
     assert_same_metrics(single, validation)
     assert_one_writer(run, steps=32)  # 64 lines / (2 processes x 2) x 2 epochs
 

@@ -262,7 +262,7 @@ def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     assert validation["num_examples"] == 13
     assert list(validation["per_label"]) == ["animal", "color", "size", "plant"]
     assert [validation["per_label"][n]["support"] for n in LABELS] == [6, 6, 5]
-    single = fk.evaluate(run.out, run.directory / "dev.csv", tmp_path / "single", batch_size=4, bootstrap_resamples=0)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=4, bootstrap_resamples=0)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert rounded(single) == rounded(validation)
 

@@ -339,7 +339,7 @@ def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     run = two_process_runs["multiple-choice"].check()
     validation = validation_metrics(run.out)
     assert validation["num_examples"] == 7
-    single = fk.evaluate(run.out, run.directory / "dev.jsonl", tmp_path / "single", batch_size=2)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=2)
     assert single.pop("loss") == pytest.approx(validation.pop("loss"), abs=1e-5)
     assert single == pytest.approx(validation)
 

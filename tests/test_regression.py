@@ -470,7 +470,7 @@ def test_two_processes_evaluate_like_one(two_process_runs, tmp_path):
     run = two_process_runs["regression"].check()
     validation = validation_metrics(run.out)
     assert validation["num_examples"] == 5
-    single = fk.evaluate(run.out, run.directory / "dev.csv", tmp_path / "single", batch_size=2, **QUIET)
+    single = fk.evaluate(run.out, run.validation, tmp_path / "single", batch_size=2, **QUIET)
     assert_same_metrics(single, validation)
 
 
