@@ -9,6 +9,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
+from .onednn import limit_primitive_cache  # noqa: E402
+
+limit_primitive_cache()  # before anything builds a oneDNN kernel
+
 from .api import Predictor, TrainResult, evaluate, export, export_encoder, load, train  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .embeddings import embed  # noqa: E402

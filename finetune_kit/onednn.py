@@ -1,4 +1,5 @@
-"""fp32 linear layers through oneDNN when running a model on the CPU without gradients.
+"""fp32 linear layers through oneDNN when running a model on the CPU without gradients, and
+oneDNN's kernel cache kept small.
 
 PyTorch's CPU wheel computes ``nn.Linear`` in fp32 with MKL's sgemm. On CPUs that MKL does not
 give its fastest code path (AMD EPYC here: 2 cores, 174 GFLOP/s) oneDNN's matmul, which PyTorch
@@ -8,7 +9,16 @@ The result is the same fp32 product up to summation order (differences around 1e
 
 Used only where it cannot change what is computed: no autograd, no autocast, plain dense fp32 CPU
 tensors. Everything else (training, bf16 autocast, GPUs, tensor subclasses of FSDP/DeepSpeed)
-goes to ``F.linear`` as before. ``FINETUNE_KIT_ONEDNN_LINEAR=0`` turns it off.
+goes to ``F.linear`` as before. ``FINETUNE_KIT_ONEDNN_LINEAR=0`` turns it off. (Training through
+oneDNN too was measured and left out: no faster for a training step's shapes, and 370 MiB more
+peak memory on RTE; see benchmarks/README.md.)
+
+oneDNN builds a kernel per product shape and keeps the last 1,024 built (some hundreds of KB
+each). Batches of similar length change their shapes at every step, so the cache fills with
+kernels that are not used again: the products above at evaluation, and every bf16 product under
+autocast, which torch runs through oneDNN. ``limit_primitive_cache`` caps the cache at
+``PRIMITIVE_CACHE_CAPACITY`` unless the user set ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``; a step still
+reuses the kernels of its shapes across its layers.
 """
 
 from __future__ import annotations
@@ -26,6 +36,14 @@ from torch.overrides import TorchFunctionMode
 from .cpu_tensors import is_plain_cpu
 
 ENV_SWITCH = "FINETUNE_KIT_ONEDNN_LINEAR"
+PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+PRIMITIVE_CACHE_CAPACITY = 8
+
+
+def limit_primitive_cache() -> None:
+    """Caps oneDNN's kernel cache (see the module docstring) unless the user set its capacity.
+    Takes effect only if oneDNN has not built a kernel in this process yet."""
+    os.environ.setdefault(PRIMITIVE_CACHE_ENV, str(PRIMITIVE_CACHE_CAPACITY))
 
 
 @functools.cache

@@ -1,7 +1,11 @@
 """Linear layers through oneDNN at inference on the CPU: taken only without autograd or autocast,
-on plain fp32 tensors, with F.linear's product; and the prediction path takes it."""
+on plain fp32 tensors, with F.linear's product; the prediction path takes it; oneDNN's kernel
+cache is capped."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,7 +23,7 @@ def calls(monkeypatch):
     seen = []
 
     def spy(x, weight, bias):
-        seen.append(x.shape)
+        seen.append((x.shape, torch.is_grad_enabled()))
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     monkeypatch.setattr(onednn, "onednn_linear", spy)
@@ -33,7 +37,7 @@ def test_an_eligible_linear_goes_to_onednn_with_the_same_product(calls):
         expected = layer(x)
         with onednn.onednn_linears():
             got = layer(x)
-    assert calls == [torch.Size([4, 7, 16])]
+    assert calls == [(torch.Size([4, 7, 16]), False)]
     assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -47,6 +51,35 @@ def test_training_autocast_and_other_dtypes_keep_f_linear(calls):
         with torch.no_grad():
             assert layer.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16
     assert calls == []
+
+
+def run_python(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != onednn.PRIMITIVE_CACHE_ENV} | env
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_importing_the_package_caps_onednns_kernel_cache_unless_the_user_set_it():
+    """oneDNN's verbose log says whether a product's kernel came from its cache: after more
+    shapes than the cap, the first shape's kernel is built again; with a capacity the user set
+    (oneDNN's own default here) it is found in the cache."""
+    code = f"""
+import finetune_kit, torch
+from finetune_kit.onednn import onednn_linear
+weight = torch.randn(24, 16)
+with torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON_CREATION):
+    for rows in list(range(1, {3 * onednn.PRIMITIVE_CACHE_CAPACITY})) + [1]:
+        onednn_linear(torch.randn(rows, 16), weight, None)
+"""
+
+    def last_kernel(**env: str) -> str:
+        created = [line for line in run_python(code, **env).splitlines() if "create:" in line]
+        assert len(created) >= 3 * onednn.PRIMITIVE_CACHE_CAPACITY - 1
+        return created[-1]
+
+    assert "cache_miss" in last_kernel()
+    assert "cache_hit" in last_kernel(ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
 
 
 def test_the_switch_turns_it_off(monkeypatch, calls):
