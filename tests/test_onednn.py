@@ -53,33 +53,41 @@ def test_training_autocast_and_other_dtypes_keep_f_linear(calls):
     assert calls == []
 
 
-def run_python(code: str, **env: str) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != onednn.PRIMITIVE_CACHE_ENV} | env
+def run_python(code: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != onednn.PRIMITIVE_CACHE_ENV}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def test_importing_the_package_caps_onednns_kernel_cache_unless_the_user_set_it():
+def test_the_cap_is_a_default_the_users_setting_overrides(monkeypatch):
+    monkeypatch.delenv(onednn.PRIMITIVE_CACHE_ENV, raising=False)
+    onednn.limit_primitive_cache()
+    assert os.environ[onednn.PRIMITIVE_CACHE_ENV] == str(onednn.PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv(onednn.PRIMITIVE_CACHE_ENV, "300")
+    onednn.limit_primitive_cache()
+    assert os.environ[onednn.PRIMITIVE_CACHE_ENV] == "300"
+
+
+def test_importing_the_package_caps_onednns_kernel_cache():
     """oneDNN's verbose log says whether a product's kernel came from its cache: after more
-    shapes than the cap, the first shape's kernel is built again; with a capacity the user set
-    (oneDNN's own default here) it is found in the cache."""
-    code = f"""
-import finetune_kit, torch
-from finetune_kit.onednn import onednn_linear
+    shapes than the cap, the first shape's kernel is built again once ``finetune_kit`` is
+    imported; with torch alone (oneDNN's own capacity) it is found in the cache."""
+    loop = f"""
+import torch
 weight = torch.randn(24, 16)
 with torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON_CREATION):
     for rows in list(range(1, {3 * onednn.PRIMITIVE_CACHE_CAPACITY})) + [1]:
-        onednn_linear(torch.randn(rows, 16), weight, None)
+        torch.ops.mkldnn._linear_pointwise(torch.randn(rows, 16), weight, None, "none", [], "")
 """
 
-    def last_kernel(**env: str) -> str:
-        created = [line for line in run_python(code, **env).splitlines() if "create:" in line]
+    def last_kernel(code: str) -> str:
+        created = [line for line in run_python(code).splitlines() if "create:" in line]
         assert len(created) >= 3 * onednn.PRIMITIVE_CACHE_CAPACITY - 1
         return created[-1]
 
-    assert "cache_miss" in last_kernel()
-    assert "cache_hit" in last_kernel(ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
+    assert "cache_miss" in last_kernel("import finetune_kit\n" + loop)
+    assert "cache_hit" in last_kernel(loop)
 
 
 def test_the_switch_turns_it_off(monkeypatch, calls):
