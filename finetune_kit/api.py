@@ -41,7 +41,7 @@ from .modeling import (
 from .hub import evaluation_dir
 from .output_dir import OutputDirError, locked_output_dir
 from .registry import get_task_class
-from .saved_models import load_encoder, saved_encoder, saved_task_model, task_settings
+from .saved_models import first_token_only_where_read, load_encoder, saved_encoder, saved_task_model, task_settings
 from .model_card import describe_data, write_model_card
 from .onnx_runtime import ONNX_FILE, OnnxTaskModel, resolve_backend
 from .report import ReportSettings, split_report, write_evaluation
@@ -201,7 +201,7 @@ def _run_training_locked(config: TrainConfig, accelerator: Accelerator, console:
 
     set_seed(config.seed)
     encoder = load_encoder(config.model, config.trust_remote_code, keep_pooler=task.uses_pooler)
-    model = adapt_model(task.build_model(encoder), encoder, config, task)
+    model = first_token_only_where_read(task, adapt_model(task.build_model(encoder), encoder, config, task), encoder)
     trainable, total = count_parameters(model)
     console.print(f"[bold]{escape(config.task)}[/] on {escape(config.model)}: {trainable:,} trainable of "
                   f"{total:,} parameters ({describe_adaptation(config)}); {len(raw['train']):,} training examples")

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from .adapters import AdapterError, is_peft_model, load_adapter, merge_adapter
+from .first_token import compute_first_token_only
 from .hub import HubUnreachableError
 from .modeling import (
     MANIFEST,
@@ -46,9 +47,10 @@ def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: boo
     with the saved LoRA adapter and heads."""
     keep_pooler = task.uses_pooler
     if not manifest.config.get("lora"):
-        model = task.build_model(encoder_from_config(model_dir, trust, keep_pooler=keep_pooler))
+        encoder = encoder_from_config(model_dir, trust, keep_pooler=keep_pooler)
+        model = task.build_model(encoder)
         load_weights(model, model_dir)
-        return model
+        return first_token_only_where_read(task, model, encoder)
     base = manifest.base_model
     try:
         encoder = load_encoder(base, trust, keep_pooler=keep_pooler)
@@ -57,9 +59,18 @@ def saved_task_model(model_dir: Path, manifest: Manifest, task: Task, trust: boo
         raise ModelDirError(f"{model_dir}: holds a LoRA adapter whose base encoder {base!r} cannot be "
                             f"loaded ({reason})") from None
     try:
-        return load_adapter(task.build_model(encoder), model_dir)
+        model = load_adapter(task.build_model(encoder), model_dir)
     except AdapterError as exc:
         raise ModelDirError(str(exc)) from None
+    return first_token_only_where_read(task, model, encoder)
+
+
+def first_token_only_where_read(task: Task, model: nn.Module, encoder: nn.Module) -> nn.Module:
+    """``model``, its encoder's last layer cut to the first position in its forward where the
+    task's head reads no other (``first_token``)."""
+    if task.reads_first_token_only:
+        compute_first_token_only(model, encoder)
+    return model
 
 
 def saved_encoder(model_dir: str | Path, trust_remote_code: bool = False, keep_pooler: bool = False) -> nn.Module:

@@ -149,6 +149,10 @@ class TaskBase(ABC):
     # True keeps the encoder's pooler layer (by default it is dropped); a property where an
     # option decides it.
     uses_pooler: bool = False
+    # True when the head reads the encoder's last layer at the first position only ([CLS]): the
+    # last layer then computes past its attention for that position alone (``first_token``).
+    # A property where an option decides it.
+    reads_first_token_only: bool = False
     # Column settings left unset take these, e.g. ``{"text_column": "tokens", "label_column": "tags"}``.
     default_columns: ClassVar[dict[str, str]] = {}
     # How files whose extension says nothing are read, e.g. "conll" (None: refused).

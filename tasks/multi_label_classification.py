@@ -158,6 +158,7 @@ class MultiLabelClassificationTask(TaskBase):
     default_columns: ClassVar[dict[str, str]] = {"label_column": "labels"}
     # the transformers head of BERT reads the pooler; transformers_model drops it where a head does not
     uses_pooler: bool = True
+    reads_first_token_only: bool = True
     task_options: ClassVar[tuple[TaskOption, ...]] = (
         TaskOption("label_separator", None, "split the label column's text on this (',' for '4,27'); null: "
                    "text is one label, a list is the labels"),

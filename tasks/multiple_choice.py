@@ -164,6 +164,7 @@ class MultipleChoiceTask(TaskBase):
     # BERT's multiple-choice head reads the pretrained pooler (``transformers_model`` drops it
     # for architectures whose head does not).
     uses_pooler: bool = True
+    reads_first_token_only: bool = True
     task_options: ClassVar[tuple[TaskOption, ...]] = (
         TaskOption("num_choices", None, "the number of choices every question must have (null: any number, "
                    "at least 2)", kind="int", minimum=MIN_CHOICES, optional=True),

@@ -244,6 +244,7 @@ class RegressionTask(TaskBase):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mse", "rmse", "mae"})
     # BERT's transformers head reads the pooler; ``transformers_model`` drops it where a head does not.
     uses_pooler: bool = True
+    reads_first_token_only: bool = True
     task_options: ClassVar[tuple[TaskOption, ...]] = (
         TaskOption("target_columns", None, "columns holding one number each, comma-separated, e.g. a,b "
                    "(default: the label column, a number or a JSON list of numbers)", optional=True),

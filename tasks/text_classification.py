@@ -135,6 +135,10 @@ class TextClassificationTask(TaskBase):
         head (BERT's does; ``transformers_model`` drops it where the architecture's does not)."""
         return self.pooling in POOLER_READERS
 
+    @property
+    def reads_first_token_only(self) -> bool:
+        return self.pooling != "mean"
+
     # -- columns -----------------------------------------------------------------------------
     def text_columns(self) -> list[str]:
         return [self.settings.text_column]
