@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 ENV_SWITCH = "FINETUNE_KIT_FIRST_TOKEN_ONLY"
@@ -52,7 +53,8 @@ class FirstTokenOnly:
         if not self.active:
             return None
         # contiguous: the linear layers then take their one-product (addmm) path
-        return tuple(arg[:, :1].contiguous() if getattr(arg, "dim", lambda: 0)() >= 2 else arg for arg in args)
+        return tuple(arg[:, :1].contiguous() if isinstance(arg, torch.Tensor) and arg.dim() >= 2 else arg
+                     for arg in args)
 
     def remove(self) -> None:
         for handle in self.handles:
