@@ -14,6 +14,9 @@ the logits, the loss and every gradient, is what the whole layer gives (up to su
 
 The cut applies only while the task model's own forward runs (a counter its forward hooks keep):
 its encoder called on its own (embeddings, the start of another task) computes every token.
+Nor does it apply while the last layer is checkpointed (transformers' gradient checkpointing,
+FSDP's activation checkpointing wrapper), whose backward pass runs the layer again outside the
+task model's forward and must get the shapes of the first run.
 ``FINETUNE_KIT_FIRST_TOKEN_ONLY=0`` turns it off.
 """
 
@@ -35,8 +38,9 @@ FIRST_TOKEN_ARCHITECTURES = frozenset({"bert", "roberta", "xlm-roberta", "camemb
 class FirstTokenOnly:
     """The hooks of one task model: ``active`` counts the task model's forwards in progress."""
 
-    def __init__(self, model: nn.Module, attention_output: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layers: nn.ModuleList, attention_output: nn.Module) -> None:
         self.active = 0
+        self.layers = layers
         self.handles = [
             model.register_forward_pre_hook(self._enter),
             model.register_forward_hook(self._leave, always_call=True),
@@ -44,10 +48,12 @@ class FirstTokenOnly:
         ]
 
     def _enter(self, module: nn.Module, args: Any) -> None:
-        self.active += 1
+        if not checkpointed(self.layers[-1]):
+            self.active += 1
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.active -= 1
+        if not checkpointed(self.layers[-1]):
+            self.active -= 1
 
     def _first_position(self, module: nn.Module, args: tuple) -> tuple | None:
         if not self.active:
@@ -59,6 +65,13 @@ class FirstTokenOnly:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def checkpointed(layer: nn.Module) -> bool:
+    """Whether ``layer`` runs under activation checkpointing: transformers' flag on its layers, or
+    torch's checkpoint wrapper (what FSDP's ``activation_checkpointing`` puts around a layer)."""
+    return any(getattr(module, "gradient_checkpointing", False) is True
+               or type(module).__name__ == "CheckpointWrapper" for module in layer.modules())
 
 
 def last_layer_attention_output(encoder: nn.Module) -> nn.Module | None:
@@ -91,4 +104,4 @@ def compute_first_token_only(model: nn.Module, encoder: nn.Module) -> FirstToken
     attention_output = last_layer_attention_output(encoder)
     if attention_output is None:
         return None
-    return FirstTokenOnly(model, attention_output)
+    return FirstTokenOnly(model, encoder.encoder.layer, attention_output)

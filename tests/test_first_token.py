@@ -174,3 +174,29 @@ def test_training_and_prediction_cut_the_last_layer_where_the_head_reads_the_fir
     assert 1 not in lengths
     for a, b in zip(predictions, whole):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", ["transformers", "checkpoint_wrapper"])
+def test_a_checkpointed_last_layer_is_left_whole_and_trains(checkpointing):
+    """Checkpointing runs the layer again in the backward pass, outside the task model's forward:
+    it must see the shapes of the first run, so the cut stays off."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    torch.manual_seed(0)
+    whole = AutoModelForSequenceClassification.from_config(tiny_config("bert")).eval()
+    cut = copy.deepcopy(whole)
+    compute_first_token_only(cut, cut.base_model)
+    if checkpointing == "transformers":
+        cut.gradient_checkpointing_enable()
+        cut.train()
+        for module in cut.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    else:
+        apply_activation_checkpointing(cut, check_fn=lambda module: isinstance(module, BertLayer))
+    lengths: list[int] = []
+    [intermediate] = [m for m in cut.base_model.encoder.layer[-1].modules() if isinstance(m, BertIntermediate)]
+    intermediate.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[1]))
+    assert_same_outputs_and_gradients(whole, cut, padded_batch((4, 9)))
+    assert lengths and set(lengths) == {9}
