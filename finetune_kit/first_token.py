@@ -62,10 +62,6 @@ class FirstTokenOnly:
         return tuple(arg[:, :1].contiguous() if isinstance(arg, torch.Tensor) and arg.dim() >= 2 else arg
                      for arg in args)
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
 
 def checkpointed(layer: nn.Module) -> bool:
     """Whether ``layer`` runs under activation checkpointing: transformers' flag on its layers, or
