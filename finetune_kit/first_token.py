@@ -40,23 +40,19 @@ class FirstTokenOnly:
 
     def __init__(self, model: nn.Module, layers: nn.ModuleList, attention_output: nn.Module) -> None:
         self.active = 0
-        self.layers = layers
-        self.handles = [
-            model.register_forward_pre_hook(self._enter),
-            model.register_forward_hook(self._leave, always_call=True),
-            attention_output.register_forward_pre_hook(self._first_position),
-        ]
+        self.layers = layers  # the list, not its last layer: a checkpoint wrapper may replace that
+        model.register_forward_pre_hook(self._enter)
+        model.register_forward_hook(self._leave, always_call=True)
+        attention_output.register_forward_pre_hook(self._first_position)
 
     def _enter(self, module: nn.Module, args: Any) -> None:
-        if not checkpointed(self.layers[-1]):
-            self.active += 1
+        self.active += 1
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not checkpointed(self.layers[-1]):
-            self.active -= 1
+        self.active -= 1
 
     def _first_position(self, module: nn.Module, args: tuple) -> tuple | None:
-        if not self.active:
+        if not self.active or checkpointed(self.layers[-1]):
             return None
         # contiguous: the linear layers then take their one-product (addmm) path
         return tuple(arg[:, :1].contiguous() if isinstance(arg, torch.Tensor) and arg.dim() >= 2 else arg
