@@ -239,12 +239,27 @@ def test_a_resumed_run_logs_on_from_its_checkpoint_step(tiny_encoder, data, tmp_
 
 # --- Weights & Biases, offline --------------------------------------------------------------------------
 
+def settled_bytes(path: Path, wait_s: float = 10.0) -> bytes:
+    """The file once its size has stopped changing: W&B's service process may still be flushing
+    the offline run file when the run returns (a record cut short fails to parse under load)."""
+    import time
+
+    raw, deadline = path.read_bytes(), time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = path.read_bytes()
+        if again == raw:
+            break
+        raw = again
+    return raw
+
+
 def wandb_records(path: Path):
     """The records of an offline W&B run file: a 7-byte header, then 32 KiB blocks of chunks
     (checksum: 4 bytes, length: 2, type: 1 = whole, 2 = first, 3 = middle, 4 = last)."""
     from wandb.proto.wandb_internal_pb2 import Record
 
-    raw, position, pending = path.read_bytes(), 7, b""
+    raw, position, pending = settled_bytes(path), 7, b""
     while position + 7 <= len(raw):
         left_in_block = 32768 - position % 32768
         if left_in_block < 7:
