@@ -72,10 +72,12 @@ def saved_bytes(model, batch: dict, precision: str, dropout_masks: str) -> Count
 
 
 def main() -> None:
+    from finetune_kit.config import DROPOUT_MASKS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--dropout-masks", choices=["fast", "torch"], default="fast")
+    parser.add_argument("--dropout-masks", choices=DROPOUT_MASKS, default="fast")
     parser.add_argument("--model", help="encoder directory (default: the packaged MiniLM)")
     ns = parser.parse_args()
     offline()

@@ -240,7 +240,7 @@ def test_a_resumed_run_logs_on_from_its_checkpoint_step(tiny_encoder, data, tmp_
 # --- Weights & Biases, offline --------------------------------------------------------------------------
 
 def settled_bytes(path: Path, wait_s: float = 10.0) -> bytes:
-    """The file once its size has stopped changing: W&B's service process may still be flushing
+    """The file once its bytes have stopped changing: W&B's service process may still be flushing
     the offline run file when the run returns (a record cut short fails to parse under load)."""
     import time
 
