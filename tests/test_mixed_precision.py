@@ -272,7 +272,9 @@ rank = int(os.environ["RANK"])
 finetune_kit.accelerator.auto_mixed_precision = lambda device: ("bf16" if rank == 0 else "no", f"process {rank}")
 fk.train(task="text-classification", model=sys.argv[1], train_file=sys.argv[2], output_dir=sys.argv[3],
          batch_size=4, max_steps=1, report_plots=False, bootstrap_resamples=0, mixed_precision="auto")
-print(f"process {rank} ran with {AcceleratorState().mixed_precision}")
+# One write per line: the processes share the pipe, and print's separate newline can interleave.
+sys.stdout.write(f"process {rank} ran with {AcceleratorState().mixed_precision}\\n")
+sys.stdout.flush()
 """
 
 
