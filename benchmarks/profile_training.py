@@ -7,7 +7,9 @@ clipping, the optimizer, the scheduler. Evaluation is switched off. The table li
 operators with the most self CPU time over the active steps, and how much of it went to the
 linear layers (``addmm`` forward, ``mm`` backward), to attention (``bmm``, softmax, the fused
 kernels), to the optimizer, and to no operator at all (``ProfilerStep*``'s own time: Python,
-the data loader's collation, the loop's bookkeeping).
+the data loader's collation, the loop's bookkeeping); and the rate (GFLOP/s, from the profiler's
+FLOP count) the linear layers' and attention's products ran at, beside the square matmul peak
+measured after the work's run in the same process.
 
     python benchmarks/profile_training.py                          # sst2, rte, wnut17, squad, genia
     python benchmarks/profile_training.py --only sst2 --mixed-precision bf16
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, offline, packaged_encoder, work_directory  # noqa: E402
+from common import PRECISIONS, SHARED, machine, matmul_peaks, offline, packaged_encoder, work_directory  # noqa: E402
 
 WORKS = {
     "sst2": {"task": "text-classification", "train_file": SHARED / "sst2" / "train.tsv", "text_column": "sentence",
@@ -60,7 +62,7 @@ def profile_work(name: str, args: argparse.Namespace, work: Path) -> dict:
     settings.update(model=args.model or packaged_encoder(), output_dir=str(work / name), overwrite=True,
                     epochs=1, max_steps=steps + 1, mixed_precision=args.mixed_precision, seed=42,
                     train_file=str(settings["train_file"]), save_total_limit=0)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=False,
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True,
                  schedule=schedule(wait=args.wait, warmup=args.warmup, active=args.active, repeat=1)) as prof:
         handle = register_optimizer_step_post_hook(lambda *_: prof.step())
         try:
@@ -74,10 +76,18 @@ def profile_work(name: str, args: argparse.Namespace, work: Path) -> dict:
     def share(predicate) -> float:
         return sum(e.self_cpu_time_total for e in events if predicate(e.key)) / max(total, 1)
 
+    def gflops(names: tuple[str, ...]) -> float:
+        """GFLOP/s of the named operators over their own time (the profiler's FLOP estimate)."""
+        chosen = [e for e in events if e.key in names]
+        seconds = sum(e.self_cpu_time_total for e in chosen) / 1e6
+        return sum(e.flops for e in chosen) / seconds / 1e9 if seconds else 0.0
+
     return {
         "step_ms": total / 1000 / args.active,
         "threads": torch.get_num_threads(),
         "linear_share": share(lambda key: key in LINEAR_OPS),
+        "linear_gflops": gflops(LINEAR_OPS),
+        "attention_gflops": gflops(("aten::bmm",)),
         "attention_share": share(lambda key: any(mark in key for mark in ATTENTION_MARKS)),
         "host_share": share(lambda key: key.startswith("ProfilerStep")),
         "optimizer_share": share(lambda key: "adam" in key.lower() or "foreach" in key or "Optimizer" in key),
@@ -91,6 +101,9 @@ def print_profile(name: str, result: dict, precision: str) -> None:
     print(f"\n{name} ({precision}, {result['threads']} threads): {result['step_ms']:.0f} ms of operator self "
           f"time per step; linear layers {result['linear_share']:.0%}, attention {result['attention_share']:.0%}, "
           f"optimizer {result['optimizer_share']:.0%}, outside any operator {result['host_share']:.0%}")
+    print(f"linear layers' products ran at {result['linear_gflops']:.1f} GFLOP/s "
+          f"({result['linear_gflops'] / result['peak_gflops']:.0%} of the square matmul peak, "
+          f"{result['peak_gflops']:.1f}), attention's at {result['attention_gflops']:.1f}")
     print("| operator | self ms / step | share | calls / step |")
     print("|---|---|---|---|")
     for row in result["top"]:
@@ -119,6 +132,7 @@ def main() -> None:
     results = {}
     for name in names:
         results[name] = profile_work(name, args, work)
+        results[name]["peak_gflops"] = matmul_peaks()[PRECISIONS[args.mixed_precision][1]]
         print_profile(name, results[name], args.mixed_precision)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))

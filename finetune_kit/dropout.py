@@ -11,8 +11,14 @@ and one comparison; ``torch.where`` applies it (its backward keeps the bool mask
 1 byte an element instead of a float). An element is dropped with probability
 ``k / 65536``, ``k`` the nearest integer to ``p * 65536`` (0.1 -> 0.1000061), and kept values are
 divided by that probability's complement, so the expected output is the input exactly. Attention
-with dropout runs the same arithmetic as SDPA's math path (fp32 even for bf16 inputs, which that
-path upcasts) with the cheap mask on the probabilities.
+with dropout runs SDPA's math path with the cheap mask on the probabilities, in one respect
+otherwise: under bf16 autocast its two products and the softmax run in bf16, as autocast runs
+a hand-written ("eager") attention, where SDPA's math path on the CPU upcasts them to fp32. The
+products accumulate in fp32 and the softmax computes in fp32 inside its kernel, so what is lost is
+the rounding of the scores and of the probabilities to bf16; in exchange the (queries x keys)
+tensors are half the bytes and the products run on the bf16 units (a SQuAD step in bf16 took
+0.74x the time; ``benchmarks/README.md``). fp16 keeps the fp32 arithmetic: its range is too
+narrow for unnormalised scores.
 
 The random numbers come from torch's global CPU generator, like ``bernoulli_``'s, so seeding and
 the RNG state saved in a checkpoint make the masks reproducible; they are other masks than
@@ -66,12 +72,12 @@ def masked_dropout(x: torch.Tensor, count: int) -> torch.Tensor:
 
 def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attn_mask: torch.Tensor | None, count: int, scale: float | None) -> torch.Tensor:
-    """SDPA's math path with the cheap mask on the attention probabilities. Half-precision
-    inputs (autocast casts SDPA's inputs to its dtype) are computed in fp32 as that path does.
+    """SDPA's math path with the cheap mask on the attention probabilities. bf16 (autocast casts
+    SDPA's inputs to its dtype) is computed in bf16, fp16 in fp32 (the module docstring says why).
     Passes over the (queries x keys) tensors are what cost, so the scales go on the smaller
     operands: the softmax scale on the queries, the dropout's on the values."""
     out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
-    compute_dtype = torch.float32 if out_dtype in (torch.bfloat16, torch.float16) else out_dtype
+    compute_dtype = torch.float32 if out_dtype == torch.float16 else out_dtype
     with torch.autocast("cpu", enabled=False):
         query, key, value = (t.to(out_dtype).to(compute_dtype) for t in (query, key, value))
         scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -79,6 +85,10 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 attn_mask = torch.zeros(attn_mask.shape, dtype=compute_dtype).masked_fill_(~attn_mask, float("-inf"))
+            elif torch.finfo(attn_mask.dtype).min < torch.finfo(compute_dtype).min:
+                # fp32's lowest value (transformers' "masked") would round to -inf in bf16 and
+                # turn a row masked throughout into NaN; fp32 gives it a uniform softmax.
+                attn_mask = attn_mask.clamp(min=torch.finfo(compute_dtype).min)
             scores = scores + attn_mask.to(compute_dtype)
         probs = torch.softmax(scores, dim=-1)
         dropped = torch.where(keep_mask(probs, count), probs, 0.0)

@@ -114,3 +114,16 @@ def test_benchmark_precision_and_dropout_masks_reach_finetune_kit_train_options(
     defaults = vars(parser.parse_args([]))  # finetune-kit's own default masks: the option is left out
     assert common.step_arguments(defaults) == ["--mixed-precision", "no"]
     assert common.step_label(defaults) == "precision fp32, finetune-kit dropout masks default"
+
+
+def test_linear_products_times_the_linear_layers_of_one_bert_layer_with_their_training_flops():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "linear_products.py"
+    spec = importlib.util.spec_from_file_location("benchmark_linear_products", path)
+    linear_products = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(linear_products)
+    layer = BertForTokenClassification(tiny_config()).bert.encoder.layer[0]
+    linears = sorted((m.in_features, m.out_features) for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    shapes = linear_products.layer_shapes(32, 37)
+    assert sorted(shapes) == linears == sorted([(32, 32)] * 4 + [(32, 37), (37, 32)])
+    # forward 2 x tokens x in x out, backward twice that: 6 x 10 x (4 x 32 x 32 + 2 x 32 x 37)
+    assert linear_products.layer_training_flops(10, shapes) == 6 * 10 * (4 * 1024 + 2 * 1184) == 387840

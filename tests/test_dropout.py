@@ -1,5 +1,6 @@
 """``dropout_masks: fast``: dropout from 16-bit random draws, with the drop probability, the
-scaling and the gradient of torch's dropout, and attention that computes what SDPA computes."""
+scaling and the gradient of torch's dropout, and attention that computes what SDPA computes (its
+products and softmax in bf16 under bf16 autocast)."""
 
 import pytest
 import torch
@@ -109,3 +110,61 @@ def test_training_with_fast_masks_draws_no_bernoulli_and_learns_the_same_way(tin
         ops[kind] = {event.key for event in prof.key_averages()}
     assert "aten::bernoulli_" in ops["torch"]
     assert "aten::bernoulli_" not in ops["fast"] and "aten::random_" in ops["fast"]
+
+
+@pytest.mark.parametrize("autocast_dtype, square_dtype", [(torch.bfloat16, torch.bfloat16),
+                                                          (torch.float16, torch.float32)])
+def test_under_autocast_attention_with_dropout_keeps_its_square_tensors_in_bf16_or_fp32_for_fp16(
+        autocast_dtype, square_dtype):
+    """bf16: the (queries x keys) tensors saved for the backward pass (probabilities, dropped
+    probabilities) are bf16, and output and gradients stay within bf16's rounding of the float64
+    result with the same mask; fp16 computes them in fp32."""
+    torch.manual_seed(0)
+    length = 24
+    q, k, v = (torch.randn(2, 3, length, 8, requires_grad=True) for _ in range(3))
+    count = drop_count(0.1)
+    saved = []
+
+    def keep(tensor):
+        saved.append((tensor.dtype, tuple(tensor.shape[-2:])))
+        return tensor
+
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=autocast_dtype), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        ours = attention_with_dropout(q, k, v, None, count, scale=None)
+    square = {dtype for dtype, shape in saved if shape == (length, length) and dtype.is_floating_point}
+    assert square == {square_dtype}
+    assert ours.dtype == autocast_dtype
+
+    torch.manual_seed(7)
+    kept = keep_mask(torch.empty(2, 3, length, length), count).double()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    expected = ((q64 @ k64.transpose(-2, -1) / 8 ** 0.5).softmax(-1) * kept / (1 - count / LEVELS)) @ v64
+    assert torch.allclose(ours.double(), expected, atol=3e-2, rtol=3e-2)
+    assert not torch.allclose(ours.double(), expected, atol=1e-6)  # rounded, so really run in 16 bits
+    grads = torch.autograd.grad(ours.float().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q64, k64, v64))
+    for ours_grad, expected_grad in zip(grads, expected_grads):
+        assert (ours_grad.double() - expected_grad).norm() <= 3e-2 * expected_grad.norm()
+
+
+def test_under_bf16_autocast_a_row_masked_with_fp32s_lowest_value_is_uniform_not_nan():
+    """transformers masks with fp32's lowest value, which bf16 cannot hold (it rounds to -inf):
+    a query whose keys are all masked that way attends uniformly, as in fp32, instead of NaN."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    lowest = torch.finfo(torch.float32).min
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 1] = lowest  # query 1 may attend to nothing
+    mask[0, 0, 2, 3] = lowest  # query 2 not to key 3
+    count = drop_count(0.1)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = attention_with_dropout(q, k, v, mask, count, scale=None).double()
+    torch.manual_seed(7)
+    kept = keep_mask(torch.empty(1, 2, 4, 4), count).double()
+    probs = (q.double() @ k.double().transpose(-2, -1) / 8 ** 0.5 + mask.double()).softmax(-1)
+    assert torch.equal(probs[0, :, 1], torch.full((2, 4), 0.25, dtype=torch.float64))
+    expected = (probs * kept / (1 - count / LEVELS)) @ v.double()
+    assert not ours.isnan().any()
+    assert torch.allclose(ours, expected, atol=3e-2, rtol=3e-2)

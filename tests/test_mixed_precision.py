@@ -28,8 +28,8 @@ CPU = torch.device("cpu")
 # The matrix products of the Linear layers: addmm in the forward pass (they have biases), mm in
 # the backward one.
 LINEAR_MATMULS = ("aten::addmm", "aten::mm")
-# Every matrix product: also attention's, which in training (attention dropout on) runs in torch's
-# math SDPA kernel; on a CPU that kernel computes bf16 inputs in fp32, so those stay fp32 under bf16.
+# Every matrix product: also attention's, which in training (attention dropout on) runs in
+# finetune-kit's attention with dropout (finetune_kit/dropout.py): in bf16 under bf16 autocast.
 MATMULS = (*LINEAR_MATMULS, "aten::bmm", "aten::baddbmm", "aten::matmul")
 # What the profiler lists among an op's input types for its arguments that are no tensors.
 NOT_TENSORS = {"", "Scalar", "ScalarList"}
@@ -183,6 +183,7 @@ def test_bf16_training_runs_the_matmuls_in_bf16_and_keeps_fp32_master_weights(ti
     assert sum(name == "aten::addmm" for name, _ in events) == calls
     assert sum(name == "aten::mm" for name, _ in events) >= calls
     assert matmul_dtypes(events, LINEAR_MATMULS) == {"c10::BFloat16"}
+    assert matmul_dtypes(events, MATMULS) == {"c10::BFloat16"}  # attention's products too
     # Each Linear call is one aten::linear on bf16 weights (autocast casts them in an outer
     # aten::linear, on the fp32 weights).
     assert sum(name == "aten::linear" and dtypes[1] == "c10::BFloat16" for name, dtypes in events) == calls
