@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PRECISIONS, SHARED, machine, matmul_peaks, offline, packaged_encoder, work_directory  # noqa: E402
+from common import PRECISIONS, SHARED, machine, matmul_peak_gflops, offline, packaged_encoder, work_directory  # noqa: E402
 
 WORKS = {
     "sst2": {"task": "text-classification", "train_file": SHARED / "sst2" / "train.tsv", "text_column": "sentence",
@@ -129,10 +129,13 @@ def main() -> None:
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(WORKS)}")
     work = work_directory(args.work_dir, "profile-")
     print(machine())
+    import torch
+
+    peak_dtype = getattr(torch, PRECISIONS[args.mixed_precision][0])
     results = {}
     for name in names:
         results[name] = profile_work(name, args, work)
-        results[name]["peak_gflops"] = matmul_peaks()[PRECISIONS[args.mixed_precision][1]]
+        results[name]["peak_gflops"] = matmul_peak_gflops(peak_dtype)
         print_profile(name, results[name], args.mixed_precision)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
