@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from .checkpoints import (
 from .config import ConfigError, TrainConfig
 from .dropout import dropout_masks
 from .files import atomic_write_text
+from .host_memory import keep_freed_memory_requested, reusing_freed_memory
 from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
 from .trackers import log_evaluation, log_scalars
@@ -315,6 +316,13 @@ class Trainer:
         return saved["epoch"], saved["batches_done"]
 
     def train(self) -> TrainState:
+        # Asked for: on the CPU a step's large tensors reuse the memory the last one freed (host_memory.py).
+        keep = reusing_freed_memory() if self.accelerator.device.type == "cpu" and keep_freed_memory_requested() \
+            else nullcontext()
+        with keep:
+            return self._train()
+
+    def _train(self) -> TrainState:
         config, accelerator = self.config, self.accelerator
         set_seed(config.seed)
         epoch, batches_done = self._load_checkpoint() if self.resumed is not None else (0, 0)
