@@ -3,8 +3,8 @@
 glibc serves a request above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
 unmaps it when freed, and gives the top of its heap back to the system once enough of it is
 free. A training step allocates the same large tensors at every step: the embedding matrix's
-gradient (30k x 384 fp32, 47 MiB), and at long sequences the attention scores and probabilities
-(16 x 12 x 384 x 384: 56 MiB in bf16, 113 MiB in fp32), so each step meets fresh pages and
+gradient (30k x 384 fp32, 45 MiB), and at long sequences the attention scores and probabilities
+(16 x 12 x 384 x 384: 54 MiB in bf16, 108 MiB in fp32), so each step meets fresh pages and
 pays a page fault per 4 KiB on first touch. Page faults made an element-wise pass over such a
 tensor 3-6x slower than over memory already mapped, and a SQuAD training step (384-token
 windows) 1.2-1.3x as long (``benchmarks/README.md``).
