@@ -1,7 +1,12 @@
 """The offline demo: the bundled data and the command, with the tiny encoder and for real."""
 
 import csv
+import importlib.util
 import inspect
+import shutil
+import subprocess
+import sys
+import zipfile
 from collections import Counter
 
 import pytest
@@ -10,6 +15,7 @@ from typer.testing import CliRunner
 from finetune_kit.cli import app
 from finetune_kit.demo import DEMO_DATA, run_demo
 from finetune_kit.modeling import packaged_encoder_dir
+from tests.conftest import REPO
 
 
 def _rows(split):
@@ -60,3 +66,22 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
     subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path)], check=True, capture_output=True)
     for split in ("train", "validation", "test"):
         assert (tmp_path / f"{split}.csv").read_bytes() == (DEMO_DATA / f"{split}.csv").read_bytes()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel needs setuptools")
+def test_the_wheel_ships_the_demo_data_and_the_server_page_without_a_packaging_warning(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("finetune_kit", "tasks"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"finetune_kit/demo_data/{path.name}" for path in DEMO_DATA.iterdir() if path.suffix in {".csv", ".md"}}
+    assert shipped and shipped <= names
+    assert "finetune_kit/serve_page.html" in names
