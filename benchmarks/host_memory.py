@@ -10,7 +10,7 @@ the CPU with ``FINETUNE_KIT_KEEP_FREED_MEMORY=1``). Each figure is the best of `
 calls, each allocating its result anew, as a training step does.
 
     python benchmarks/host_memory.py
-    python benchmarks/host_memory.py --length 128      # RTE-sized: 12 MiB in bf16, under 32 MiB
+    python benchmarks/host_memory.py --length 128      # RTE-sized: 6 MiB in bf16, under 32 MiB
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ free. A training step allocates the same large tensors at every step: the embedd
 gradient (30k x 384 fp32, 45 MiB), and at long sequences the attention scores and probabilities
 (16 x 12 x 384 x 384: 54 MiB in bf16, 108 MiB in fp32), so each step meets fresh pages and
 pays a page fault per 4 KiB on first touch. Page faults made an element-wise pass over such a
-tensor 3-6x slower than over memory already mapped, and a SQuAD training step (384-token
-windows) 1.2-1.3x as long (``benchmarks/README.md``).
+tensor 1.7-14x slower than over memory already mapped, and a SQuAD training step (384-token
+windows) 1.2-1.3x as long (``benchmarks/README.md``, ``benchmarks/host_memory.py``).
 
 While ``reusing_freed_memory`` is open, large blocks come from the heap (``M_MMAP_MAX`` 0) and the
 heap is not trimmed (``M_TRIM_THRESHOLD`` at its largest), so a step reuses the pages the last one
