@@ -36,7 +36,7 @@ from .checkpoints import (
 from .config import ConfigError, TrainConfig
 from .dropout import dropout_masks
 from .files import atomic_write_text
-from .host_memory import keep_freed_memory_requested, reusing_freed_memory
+from .host_memory import heap_trim_interval, keep_freed_memory_requested, reusing_freed_memory, trim_heap
 from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
 from .trackers import log_evaluation, log_scalars
@@ -173,6 +173,8 @@ class Trainer:
         if self.resumed is not None:
             check_settings(resume_from, self.resumed, {"train_features": len(train_features)}, resume_option(config))
         self._writing = False
+        # On the CPU glibc's heap is handed back every few steps (host_memory.py).
+        self.trim_every = heap_trim_interval() if accelerator.device.type == "cpu" else 0
         self.log = TrainingLog(log_path, accelerator.is_main_process,
                                resumed_at_step=self.resumed["step"] if self.resumed is not None else None)
 
@@ -355,6 +357,8 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
+                if self.trim_every and state.global_step % self.trim_every == 0:
+                    trim_heap()
                 self._start_writing()
                 state.epoch = epoch + (batch_index + 1) / len(self.loader)
                 elapsed = self._elapsed()
