@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
+from .columns import column_values
 from .hub import require_hub
 from .task import DataError
 
@@ -530,7 +531,7 @@ def iter_rows(ds: Dataset, columns: Iterable[str]) -> Iterable[dict[str, Any]]:
     """The rows of ``ds`` as dicts of the given columns (those present) and the location columns
     that ``where`` reads, one column read at a time."""
     present = [c for c in dict.fromkeys([*columns, *INTERNAL_COLUMNS]) if c in ds.column_names]
-    for values in zip(*(ds[c] for c in present)):
+    for values in zip(*(column_values(ds, c) for c in present)):
         yield dict(zip(present, values))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from torch import nn
 
+from .columns import column_values
 from .files import atomic_write_text
 from .report_content import ReportContent, metrics_content
 from .task_options import TaskOption, unknown_options_error
@@ -248,7 +249,7 @@ class TaskBase(ABC):
     def feature_lengths(self, features: Dataset) -> list[int]:
         """The length of every feature, for batching features of like length together: their
         ``input_ids`` lengths. Column-wise, as it runs over a whole split."""
-        return [len(ids) for ids in features["input_ids"]]
+        return [len(ids) for ids in column_values(features, "input_ids")]
 
     def set_epoch(self, epoch: int) -> None:
         """Called as each training epoch starts, for tasks whose ``collate`` draws per-epoch

@@ -54,6 +54,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from finetune_kit.batching import padded
+from finetune_kit.columns import column_values
 from finetune_kit.data import LINE_COLUMN, place_of, require_columns, where
 from finetune_kit.heads import head_module_names, transformers_model
 from finetune_kit.masking import (
@@ -408,15 +409,15 @@ class MaskedLMTask(TaskBase):
             raise DataError(f"{source}: no examples")
         column = self.settings.text_column
         require_columns(raw, [column], source, {column: "--text-column"})
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else [None] * len(raw)
-        for line, value in zip(lines, raw[column]):
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        for line, value in zip(lines, column_values(raw, column)):
             place = where(source, {LINE_COLUMN: line})
             if isinstance(value, list):
                 if not all(isinstance(word, str) for word in value):
                     raise DataError(f"{place}: column '{column}' is a list with non-text items")
             elif not isinstance(value, str):
                 raise DataError(f"{place}: column '{column}' is not text ({type(value).__name__})")
-        if not any(" ".join(v).strip() if isinstance(v, list) else v.strip() for v in raw[column]):
+        if not any(" ".join(v).strip() if isinstance(v, list) else v.strip() for v in column_values(raw, column)):
             raise DataError(f"{source}: every text in column '{column}' is empty; there is nothing to mask")
         if self.tokenizer is not None:
             self._check_tokens(raw, split, source)
@@ -425,7 +426,7 @@ class MaskedLMTask(TaskBase):
         """Texts that tokenize to nothing (only control, zero-width or other characters the
         tokenizer drops) are left out of the sequences; a split of nothing else is an error."""
         column = self.settings.text_column
-        empty = self._texts_without_tokens(raw[column])
+        empty = self._texts_without_tokens(column_values(raw, column))
         if not empty:
             return
         if len(empty) == len(raw):

@@ -37,6 +37,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
+from finetune_kit.columns import column_values
 from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
 from finetune_kit.heads import has_transformers_head, head_module_names, transformers_model
 from finetune_kit.report_content import (
@@ -455,7 +456,7 @@ class MultiLabelClassificationTask(TaskBase):
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
         """Each example's labels at or above their threshold, most probable first, and the
         probability of every label (which ``calibrate`` and the metrics decide from again)."""
-        example_of = np.asarray(features["example_index"])
+        example_of = np.asarray(column_values(features, "example_index"))
         probabilities = np.zeros((len(raw), len(self.labels)), dtype=np.float32)
         for indices, arrays in outputs:
             probabilities[example_of[indices]] = 1.0 / (1.0 + np.exp(-arrays["logits"].astype(np.float64)))
@@ -554,8 +555,8 @@ class MultiLabelClassificationTask(TaskBase):
         wrong = (gold != predicted).sum(axis=1)
         order = sorted(np.flatnonzero(wrong).tolist(), key=lambda i: (-wrong[i], i))
         columns = self.text_columns()
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
-        texts = [raw[c] for c in columns]
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+        texts = [column_values(raw, c) for c in columns]
 
         def names(row: np.ndarray) -> str:
             return ", ".join(self.labels[k] for k in np.flatnonzero(row)) or "(none)"

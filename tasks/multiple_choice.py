@@ -48,6 +48,7 @@ from transformers import AutoModelForMultipleChoice
 from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 from finetune_kit.batching import MODEL_INPUTS, padded
+from finetune_kit.columns import column_values
 from finetune_kit.data import (
     INTERNAL_COLUMNS,
     ITEM_COLUMN,
@@ -187,7 +188,7 @@ class MultipleChoiceTask(TaskBase):
     # -- reading the layouts -------------------------------------------------------------------
     def _layout(self, raw: Dataset, source: str) -> str:
         columns = raw.column_names
-        questions = raw[self.settings.text_column] if self.settings.text_column in columns else []
+        questions = column_values(raw, self.settings.text_column) if self.settings.text_column in columns else []
         layout = layout_of(columns, questions)
         if layout is None:
             shown = ", ".join(c for c in columns if c not in INTERNAL_COLUMNS)
@@ -402,7 +403,7 @@ class MultipleChoiceTask(TaskBase):
 
     def feature_lengths(self, features: Dataset) -> list[int]:
         """Each question's longest (question, choice) sequence: what its padded width will be."""
-        return [max(len(ids) for ids in choices) for choices in features["input_ids"]]
+        return [max(len(ids) for ids in choices) for choices in column_values(features, "input_ids")]
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """(batch, most choices, longest sequence) tensors, padded on the tokenizer's side;
@@ -466,7 +467,7 @@ class MultipleChoiceTask(TaskBase):
         """The chosen answer of each question and the probability of every choice. Only each
         question's own choices are read (a batch gathered across processes pads the choice axis)."""
         questions = self.questions(raw, labelled=False)
-        example_of = np.asarray(features["example_index"])
+        example_of = np.asarray(column_values(features, "example_index"))
         probabilities: list[np.ndarray | None] = [None] * len(raw)
         for indices, arrays in outputs:
             for feature, logits in zip(indices, arrays["logits"]):
@@ -545,7 +546,7 @@ class MultipleChoiceTask(TaskBase):
             return predictions[i]["scores"][predictions[i]["choice"]]
 
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-confidence(i), i))
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
         rows = []
         for i in wrong[:MAX_EXAMPLES]:
             question, chosen = questions[i], predictions[i]["choice"]

@@ -38,6 +38,7 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from finetune_kit.alignment import char_span_to_tokens
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
+from finetune_kit.columns import column_values
 from finetune_kit.data import SQUAD_VERSION_COLUMN, iter_rows, require_columns, where
 from finetune_kit.files import atomic_write_text
 from finetune_kit.heads import head_module_names, transformers_model
@@ -187,7 +188,7 @@ class QuestionAnsweringTask(TaskBase):
         for split, ds in raw.items():
             self.validate(ds, split, sources[split])
         if self.options["with_negatives"] == "auto":
-            self.with_negatives = any(not answers["text"] for answers in raw["train"][self._columns[2]])
+            self.with_negatives = any(not answers["text"] for answers in column_values(raw["train"], self._columns[2]))
         else:
             self.with_negatives = bool(self.options["with_negatives"])
 
@@ -353,8 +354,9 @@ class QuestionAnsweringTask(TaskBase):
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
         """Stream the windows' scores into per-question n-best lists; a question is decided as soon
         as all its windows are in, so no more than a few questions' candidates are ever held."""
-        contexts, ids = raw[self._columns[1]], raw["id"] if "id" in raw.column_names else None
-        example_of = np.asarray(features["example_index"])
+        contexts = column_values(raw, self._columns[1])
+        ids = column_values(raw, "id") if "id" in raw.column_names else None
+        example_of = np.asarray(column_values(features, "example_index"))
         pending = np.bincount(example_of, minlength=len(raw))
         windows = features.select_columns(["offsets", "cls_index"])
         candidates: dict[int, list[tuple[float, int, int]]] = {}
@@ -412,7 +414,7 @@ class QuestionAnsweringTask(TaskBase):
         return "" if prediction["null_score_diff"] > threshold else prediction["best_span"]
 
     def _golds(self, raw: Dataset) -> list[list[str]]:
-        return [list(answers["text"]) for answers in raw[self._columns[2]]]
+        return [list(answers["text"]) for answers in column_values(raw, self._columns[2])]
 
     @staticmethod
     def _stated_rules(raw: Dataset) -> str | None:
@@ -454,7 +456,7 @@ class QuestionAnsweringTask(TaskBase):
             metrics["at_threshold_0"] = squad_metrics([self._answer_at(p, 0.0) for p in predictions], golds, rules)
             # the official script's best_f1: the F1 this split would give at its own best threshold
             metrics["best_f1_threshold"], metrics["best_f1"] = self._best_threshold(predictions, golds, rules)
-        bad = sum(len(a["text"]) for a in raw[self._columns[2]]) - sum(
+        bad = sum(len(a["text"]) for a in column_values(raw, self._columns[2])) - sum(
             len(self._good_answers(row)) for row in iter_rows(raw, self._columns))
         if bad:
             metrics["answers_not_matching_context"] = bad
@@ -514,7 +516,7 @@ class QuestionAnsweringTask(TaskBase):
             for name, mask in (("HasAns", has), ("NoAns", [not h for h in has])):
                 statistics += [mean_of(f"{name}_exact_match", em, mask), mean_of(f"{name}_f1", f1, mask)]
                 headline += [(f"{name} exact match", f"{name}_exact_match"), (f"{name} F1", f"{name}_f1")]
-        questions = raw[self._columns[0]]
+        questions = column_values(raw, self._columns[0])
         length_of = [self._answer_length_bucket(g) for g in golds]
         word_of = [question_word(q) for q in questions]
         sections = [self._breakdown("F1 by answer length", "gold answer length (words)", length_of, em, f1,

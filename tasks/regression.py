@@ -51,6 +51,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
+from finetune_kit.columns import column_values
 from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
 from finetune_kit.heads import (
     has_transformers_head,
@@ -463,7 +464,7 @@ class RegressionTask(TaskBase):
     # -- outputs -------------------------------------------------------------------------------
     def predicted_values(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> np.ndarray:
         """The (examples, targets) predictions on the targets' own scale."""
-        example_of = np.asarray(features["example_index"])
+        example_of = np.asarray(column_values(features, "example_index"))
         values = np.zeros((len(raw), len(self.targets)), dtype=np.float64)
         for indices, arrays in outputs:
             values[example_of[indices]] = arrays["logits"].reshape(len(indices), -1)
@@ -515,9 +516,10 @@ class RegressionTask(TaskBase):
     def _largest_errors(self, raw: Dataset, gold: np.ndarray, predicted: np.ndarray) -> Section:
         errors = np.abs(predicted - gold).mean(axis=1)
         worst = np.argsort(-errors, kind="stable")[:MAX_EXAMPLES]
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
         columns = self.text_columns()
-        texts = {c: raw.select(worst.tolist())[c] for c in columns}
+        worst_rows = raw.select(worst.tolist())
+        texts = {c: column_values(worst_rows, c) for c in columns}
         several = len(self.targets) > 1
         value_columns = ([f"{kind} {t}" for t in self.targets for kind in ("gold", "predicted")] if several
                          else ["gold", "predicted"])

@@ -42,6 +42,7 @@ from finetune_kit.alignment import (
     word_pieces,
 )
 from finetune_kit.batching import InputPadder, padded
+from finetune_kit.columns import column_values
 from finetune_kit.data import iter_rows, place_of, require_columns, token_place, where, where_token
 from finetune_kit.heads import head_dropout
 from finetune_kit.metrics import span_metrics
@@ -274,7 +275,7 @@ class SpanNerTask(TaskBase):
         """The tagging scheme of the whole training split; tags of several schemes are an error
         naming the first odd one."""
         try:
-            return detect_scheme(train[tags_col])
+            return detect_scheme(column_values(train, tags_col))
         except MixedSchemesError as exc:
             odd, usual = exc.odd, exc.usual
             raise DataError(exc.explain(where_token(source, train[odd.sentence], odd.index),
@@ -284,7 +285,7 @@ class SpanNerTask(TaskBase):
         """Tagged data is in the scheme of the training data, whose entities the model learnt."""
         if not self.tag_scheme:  # trained on spans: the tags are read in their own scheme
             self.tag_scheme = self._detect_scheme(raw, tags_col, source)
-        foreign = first_foreign_tag(raw[tags_col], self.tag_scheme)
+        foreign = first_foreign_tag(column_values(raw, tags_col), self.tag_scheme)
         if foreign is not None:
             raise DataError(f"{where_token(source, raw[foreign.sentence], foreign.index)}: "
                             f"{describe_tag(foreign, self.tag_scheme)}, but the training data's tags are "
@@ -414,8 +415,8 @@ class SpanNerTask(TaskBase):
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
         """Each window's own candidates with their best type and its probability (those above the
         lowest threshold ever tried are kept), merged per sentence and decoded."""
-        sentences = raw[self._columns_for(raw)[0]]
-        example_of = np.asarray(features["example_index"])
+        sentences = column_values(raw, self._columns_for(raw)[0])
+        example_of = np.asarray(column_values(features, "example_index"))
         pending = np.bincount(example_of, minlength=len(raw))
         windows = features.select_columns(["first_word", "own"])
         scored: dict[int, list[tuple[int, int, str, float]]] = {}

@@ -32,6 +32,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
+from finetune_kit.columns import column_values
 from finetune_kit.data import LINE_COLUMN, require_columns, where
 from finetune_kit.heads import (
     has_transformers_head,
@@ -155,7 +156,7 @@ class TextClassificationTask(TaskBase):
         if "train" not in raw:
             raise TaskError("no training split given")
         self.validate_columns(raw["train"], "train", sources["train"])
-        self.set_labels(sort_labels(label_name(v) for v in raw["train"][self.settings.label_column]))
+        self.set_labels(sort_labels(label_name(v) for v in column_values(raw["train"], self.settings.label_column)))
         self._set_tokenizer(tokenizer)
         for split, ds in raw.items():
             self.validate(ds, split, sources[split])
@@ -169,16 +170,16 @@ class TextClassificationTask(TaskBase):
             raise DataError(f"{source}: no examples")
         self.validate_columns(raw, split, source)
         columns = self.text_columns() + ([] if split == "predict" else [self.settings.label_column])
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else [None] * len(raw)
         for column in columns:
-            for line, value in zip(lines, raw[column]):
+            for line, value in zip(lines, column_values(raw, column)):
                 if value is None or (isinstance(value, str) and not value.strip()):
                     raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is empty")
                 if column != self.settings.label_column and not isinstance(value, str):
                     raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is not text "
                                     f"({type(value).__name__})")
         if split != "predict" and self.labels:
-            for line, value in zip(lines, raw[self.settings.label_column]):
+            for line, value in zip(lines, column_values(raw, self.settings.label_column)):
                 if label_name(value) not in self.label_to_id:
                     raise DataError(
                         f"{where(source, {LINE_COLUMN: line})}: label '{label_name(value)}' was never seen in "
@@ -252,7 +253,7 @@ class TextClassificationTask(TaskBase):
 
     # -- outputs -----------------------------------------------------------------------------
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
-        example_of = np.asarray(features["example_index"])
+        example_of = np.asarray(column_values(features, "example_index"))
         probabilities = np.zeros((len(raw), len(self.labels)), dtype=np.float32)
         for indices, arrays in outputs:
             logits = arrays["logits"]
@@ -262,14 +263,14 @@ class TextClassificationTask(TaskBase):
         return [{"label": self.labels[b], "score": float(probabilities[i, b])} for i, b in enumerate(best)]
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
-        gold = [label_name(v) for v in raw[self.settings.label_column]]
+        gold = [label_name(v) for v in column_values(raw, self.settings.label_column)]
         return classification_metrics(gold, [p["label"] for p in predictions], self.labels)
 
     def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
         """The main metrics, per-label figures and the confusion matrix as tables; headline
         metrics with their per-example statistics for the bootstrap; the per-label chart, the
         confusion matrix as heat maps, and the errors the model was most sure of."""
-        gold = [label_name(v) for v in raw[self.settings.label_column]]
+        gold = [label_name(v) for v in column_values(raw, self.settings.label_column)]
         predicted = [p["label"] for p in predictions]
         correct = [g == p for g, p in zip(gold, predicted)]
         statistics = [mean_of("accuracy", correct),
@@ -293,7 +294,7 @@ class TextClassificationTask(TaskBase):
                           correct: list[bool]) -> Section:
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-predictions[i]["score"], i))
         columns = self.text_columns()
-        lines = raw[LINE_COLUMN] if LINE_COLUMN in raw.column_names else None
+        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
         rows = [[lines[i] if lines else i + 1, *[raw[i][c] for c in columns], gold[i], predictions[i]["label"],
                  predictions[i]["score"]] for i in wrong[:MAX_EXAMPLES]]
         note = (f"{len(wrong)} of {len(gold)} examples are wrong; these are the {len(rows)} with the highest "
@@ -304,7 +305,7 @@ class TextClassificationTask(TaskBase):
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:
         """How many examples of each label a split has (for the model card)."""
-        counts = Counter(label_name(v) for v in raw[self.settings.label_column])
+        counts = Counter(label_name(v) for v in column_values(raw, self.settings.label_column))
         return {label: counts[label] for label in sorted(counts, key=lambda x: (x not in self.label_to_id,
                                                                                 self.label_to_id.get(x, 0), x))}
 

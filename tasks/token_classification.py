@@ -47,6 +47,7 @@ from finetune_kit.alignment import (
     word_pieces,
 )
 from finetune_kit.batching import MODEL_INPUTS, padded
+from finetune_kit.columns import column_values
 from finetune_kit.crf import LinearChainCRF, viterbi
 from finetune_kit.data import iter_rows, require_columns, token_place, where, where_token
 from finetune_kit.heads import has_transformers_head, head_dropout, head_module_names, transformers_model
@@ -235,7 +236,7 @@ class TokenClassificationTask(TaskBase):
         require_columns(train, [self.settings.text_column, self.settings.label_column], source, self._column_hints())
         self.class_label_names = self._class_label_names(train, self.settings.label_column)
         self._check_structure(train, "train", source)
-        train_tags = [self._tags_of(tags) for tags in train[self.settings.label_column]]
+        train_tags = [self._tags_of(tags) for tags in column_values(train, self.settings.label_column)]
         if self.requested_scheme == "auto":
             self.source_scheme = self._detect_scheme(train, train_tags, source)
         else:
@@ -273,7 +274,7 @@ class TokenClassificationTask(TaskBase):
     def _check_scheme(self, raw: Dataset, source: str) -> None:
         """Labelled data is in the scheme detected in training: an IOB2 file scored by a BIOES
         model would lose every entity that does not end with E-/S-."""
-        foreign = first_foreign_tag([self._tags_of(tags) for tags in raw[self.settings.label_column]],
+        foreign = first_foreign_tag([self._tags_of(tags) for tags in column_values(raw, self.settings.label_column)],
                                     self.source_scheme)
         if foreign is not None:
             raise DataError(f"{where_token(source, raw[foreign.sentence], foreign.index)}: "
@@ -423,11 +424,11 @@ class TokenClassificationTask(TaskBase):
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
         """Merge the windows' word scores (each word from its best window) and decode each
         sentence once all its windows are in: argmax, or Viterbi over the whole sentence."""
-        sentences = raw[self.settings.text_column]
-        example_of = features["example_index"]
-        positions_of = features["word_positions"]
-        first_of = features["first_word"]
-        predicted_words = features["predict_words"]
+        sentences = column_values(raw, self.settings.text_column)
+        example_of = column_values(features, "example_index")
+        positions_of = column_values(features, "word_positions")
+        first_of = column_values(features, "first_word")
+        predicted_words = column_values(features, "predict_words")
         pending = [len(words) for words in sentences]
         scores: dict[int, np.ndarray] = {}
         results: list[dict[str, Any] | None] = [None] * len(raw)
@@ -463,7 +464,7 @@ class TokenClassificationTask(TaskBase):
         return {"tokens": list(tokens), "tags": tags, "entities": entities}
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
-        gold = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
+        gold = [self._model_tags(tags) for tags in column_values(raw, self.settings.label_column)]
         return entity_metrics(gold, [p["tags"] for p in predictions], self.scheme)
 
     def report(self, predictions: list[dict[str, Any]], raw: Dataset, metrics: dict[str, Any]) -> ReportContent:
@@ -471,7 +472,7 @@ class TokenClassificationTask(TaskBase):
         sentence-level bootstrap statistics (strict entities, token accuracy); per-type charts
         and the entity error buckets. For plain labels: the per-tag figures and the confusion
         matrix."""
-        gold = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
+        gold = [self._model_tags(tags) for tags in column_values(raw, self.settings.label_column)]
         predicted = [p["tags"] for p in predictions]
         token_accuracy = ratio_of("token_accuracy", [sum(a == b for a, b in zip(g, p)) for g, p in zip(gold, predicted)],
                                   [len(g) for g in gold])
@@ -517,7 +518,7 @@ class TokenClassificationTask(TaskBase):
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:
         """Entities per type (tags per label for plain labels) in a split, for the model card."""
-        tagged = [self._model_tags(tags) for tags in raw[self.settings.label_column]]
+        tagged = [self._model_tags(tags) for tags in column_values(raw, self.settings.label_column)]
         if self.scheme == "none":
             counts = Counter(t for tags in tagged for t in tags)
         else:

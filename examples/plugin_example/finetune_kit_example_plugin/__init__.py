@@ -32,6 +32,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
+from finetune_kit.columns import column_values
 from finetune_kit.data import require_columns, where
 from finetune_kit.heads import head_dropout
 from finetune_kit.task import ROW_INDEX, DataError, OutputBatch, TaskBase, TaskError, TaskSettings, text_examples
@@ -141,14 +142,14 @@ class TextRegressionTask(TaskBase):
 
     # -- outputs ------------------------------------------------------------------------------
     def postprocess(self, raw: Dataset, features: Dataset, outputs: Iterator[OutputBatch]) -> list[dict[str, Any]]:
-        example_of = np.asarray(features["example_index"])
+        example_of = np.asarray(column_values(features, "example_index"))
         scores = np.zeros(len(raw), dtype=np.float64)
         for indices, arrays in outputs:
             scores[example_of[indices]] = arrays["logits"] * self.std + self.mean
         return [{"score": float(s)} for s in scores]
 
     def compute_metrics(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
-        gold = np.array([to_number(v) for v in raw[self.settings.label_column]], dtype=np.float64)
+        gold = np.array([to_number(v) for v in column_values(raw, self.settings.label_column)], dtype=np.float64)
         predicted = np.array([p["score"] for p in predictions], dtype=np.float64)
         errors = predicted - gold
         # Pearson's r is undefined when either side is constant; report 0.0 (no linear relation).
