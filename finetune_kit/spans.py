@@ -140,6 +140,26 @@ def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def f1_by_threshold(scored: Sequence[Sequence[tuple[int, int, str, float]]], gold: Sequence[set[Span]],
+                    grid: Sequence[float], mode: str = "nested") -> list[float]:
+    """Micro F1 of the spans ``decode`` keeps at each threshold of ``grid`` (one for all labels),
+    from one decoding per sentence. The greedy pass takes spans most probable first, so the spans
+    above a threshold are a prefix of the spans above a lower one and meet the same decisions: what
+    is kept at a threshold is what is kept at the lowest whose probability beats it."""
+    lowest = min(grid)
+    probabilities: list[float] = []  # per distinct kept (start, end, label) of a sentence: its highest probability
+    in_gold: list[bool] = []
+    for sentence, sentence_gold in zip(scored, gold, strict=True):
+        kept: dict[Span, float] = {}
+        for start, end, label, p in decode(sentence, lowest, mode):
+            kept[(start, end, label)] = max(p, kept.get((start, end, label), p))
+        probabilities.extend(kept.values())
+        in_gold.extend(span in sentence_gold for span in kept)
+    p, correct = np.asarray(probabilities, dtype=np.float64), np.asarray(in_gold, dtype=bool)
+    n_gold = sum(len(g) for g in gold)
+    return [prf(int((correct & (p > t)).sum()), int((p > t).sum()), n_gold)["f1"] for t in grid]
+
+
 def calibrate_threshold(
     scored: Sequence[Sequence[tuple[int, int, str, float]]], gold: Sequence[Iterable[Span]], mode: str = "nested",
     per_label: bool = False, grid: Sequence[float] | None = None,
@@ -157,12 +177,13 @@ def calibrate_threshold(
         decoded = [[s[:3] for s in decode(sentence, threshold, mode)] for sentence in scored]
         return prf(*span_counts(gold, decoded))["f1"]
 
-    def best_of(options: list[float | dict[str, float]], keys: list[float]) -> tuple[float | dict[str, float], float]:
-        scores = [f1_at(o) for o in options]
+    def best_of(options: list[float | dict[str, float]], keys: list[float],
+                scores: list[float] | None = None) -> tuple[float | dict[str, float], float]:
+        scores = scores if scores is not None else [f1_at(o) for o in options]
         best = max(range(len(options)), key=lambda i: (round(scores[i], 12), -abs(keys[i] - 0.5)))
         return options[best], scores[best]
 
-    threshold, f1 = best_of(list(grid), list(grid))
+    threshold, f1 = best_of(list(grid), list(grid), f1_by_threshold(scored, gold, grid, mode))
     if not per_label:
         return threshold, f1
     labels = sorted({s[2] for sentence in scored for s in sentence} | {s[2] for g in gold for s in g})

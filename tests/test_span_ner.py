@@ -13,7 +13,7 @@ from finetune_kit.api import task_settings
 from finetune_kit.data import read_file
 from finetune_kit.metrics import span_metrics
 from finetune_kit.modeling import load_tokenizer
-from finetune_kit.spans import calibrate_threshold, candidate_spans, decode
+from finetune_kit.spans import calibrate_threshold, candidate_spans, decode, f1_by_threshold, prf, span_counts
 from finetune_kit.task import DataError, TaskError
 from finetune_kit.inference import prepare_features
 from tests.conftest import write_jsonl
@@ -74,6 +74,32 @@ def test_threshold_calibration_picks_the_best_f1():
     # and drops its mistake (0.3): both right, nothing wrong -> F1 1
     per_type, f1 = calibrate_threshold(scored, gold, per_label=True, grid=[0.2, 0.35, 0.7, 0.95])
     assert per_type == {"A": 0.7, "B": 0.35} and f1 == 1.0
+
+
+@pytest.mark.parametrize("mode", ["nested", "flat"])
+def test_f1_at_every_threshold_from_one_decoding_matches_decoding_at_each(mode):
+    """Random candidates with crossing and nested spans, repeated spans (another window's, with
+    another probability or label) and tied probabilities: the F1 at each threshold equals that of
+    decoding the candidates at that threshold."""
+    rng = np.random.default_rng(7)
+    scored, gold = [], []
+    for _ in range(60):
+        n = int(rng.integers(1, 9))
+        spans = [(int(a), int(a) + int(w)) for a, w in zip(rng.integers(0, n, 12), rng.integers(1, 4, 12))]
+        sentence = [(a, b, str(rng.choice(["A", "B"])), float(rng.choice([0.3, 0.5, 0.52, rng.random()])))
+                    for a, b in spans]
+        sentence += [(a, b, label, float(rng.random())) for a, b, label, _ in sentence[:3]]
+        scored.append(sentence)
+        gold.append({(a, b, label) for a, b, label, _ in sentence if rng.random() < 0.4})
+    grid = [round(x, 2) for x in np.arange(0.05, 0.96, 0.01)]
+    expected = [prf(*span_counts(gold, [[s[:3] for s in decode(sentence, t, mode)] for sentence in scored]))["f1"]
+                for t in grid]
+    assert f1_by_threshold(scored, gold, grid, mode) == expected
+    assert len(set(expected)) > 10  # the thresholds do decide something here
+    threshold, f1 = calibrate_threshold(scored, gold, mode)
+    best = max(expected)
+    assert f1 == best and threshold == min((t for t, f in zip(grid, expected) if round(f, 12) == round(best, 12)),
+                                           key=lambda t: abs(t - 0.5))
 
 
 def test_span_metrics_count_nested_gold():
