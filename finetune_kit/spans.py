@@ -177,13 +177,15 @@ def calibrate_threshold(
         decoded = [[s[:3] for s in decode(sentence, threshold, mode)] for sentence in scored]
         return prf(*span_counts(gold, decoded))["f1"]
 
-    def best_of(options: list[float | dict[str, float]], keys: list[float],
-                scores: list[float] | None = None) -> tuple[float | dict[str, float], float]:
-        scores = scores if scores is not None else [f1_at(o) for o in options]
+    def pick(options: list[float | dict[str, float]], keys: list[float],
+             scores: list[float]) -> tuple[float | dict[str, float], float]:
         best = max(range(len(options)), key=lambda i: (round(scores[i], 12), -abs(keys[i] - 0.5)))
         return options[best], scores[best]
 
-    threshold, f1 = best_of(list(grid), list(grid), f1_by_threshold(scored, gold, grid, mode))
+    def best_of(options: list[float | dict[str, float]], keys: list[float]) -> tuple[float | dict[str, float], float]:
+        return pick(options, keys, [f1_at(o) for o in options])
+
+    threshold, f1 = pick(list(grid), list(grid), f1_by_threshold(scored, gold, grid, mode))
     if not per_label:
         return threshold, f1
     labels = sorted({s[2] for sentence in scored for s in sentence} | {s[2] for g in gold for s in g})

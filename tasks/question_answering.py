@@ -456,7 +456,7 @@ class QuestionAnsweringTask(TaskBase):
             metrics["at_threshold_0"] = squad_metrics([self._answer_at(p, 0.0) for p in predictions], golds, rules)
             # the official script's best_f1: the F1 this split would give at its own best threshold
             metrics["best_f1_threshold"], metrics["best_f1"] = self._best_threshold(predictions, golds, rules)
-        bad = sum(len(a["text"]) for a in column_values(raw, self._columns[2])) - sum(
+        bad = sum(len(g) for g in golds) - sum(
             len(self._good_answers(row)) for row in iter_rows(raw, self._columns))
         if bad:
             metrics["answers_not_matching_context"] = bad
