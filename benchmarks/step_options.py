@@ -18,6 +18,13 @@ The variants are the candidates of a faster step that need no change to the mode
   default 16-bit draws); the masks differ for a seed, so quality moves within the seed spread.
 - ``pad-16``: every batch padded to a multiple of 16 tokens (fewer distinct shapes: the allocator
   and oneDNN see the same sizes again), at the cost of some padding.
+- ``fresh-embedding-gradient``: torch's embedding backward, a new zero gradient the size of the
+  embedding matrix at every step, instead of the buffer kept across steps
+  (``finetune_kit/embedding_gradient.py``, the default on a single CPU process).
+- ``heap-thresholds-as-found``: glibc's mmap and trim thresholds left where the process found them
+  instead of raised to where glibc's own adjustment ends (``host_memory.raise_heap_thresholds``).
+- ``fresh-gradient-pages``: both of the last two: every step's gradients in fresh pages, as before
+  2026-12-04.
 
     python benchmarks/step_options.py                                   # SST-2 4k, fp32
     python benchmarks/step_options.py --mixed-precision bf16
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -66,6 +74,9 @@ VARIANTS = {
     "compile-regional": {**COMPILE, "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "true"},
     "torch-dropout-masks": {},
     "pad-16": {},
+    "fresh-embedding-gradient": {},
+    "heap-thresholds-as-found": {},
+    "fresh-gradient-pages": {},
 }
 
 
@@ -91,6 +102,13 @@ def apply_variant(variant: str) -> None:
             return load(loader, name, what, trust_remote_code, **kwargs)
 
         finetune_kit.modeling._from_pretrained = eager
+    elif variant in ("fresh-embedding-gradient", "heap-thresholds-as-found", "fresh-gradient-pages"):
+        import finetune_kit.trainer
+
+        if variant != "heap-thresholds-as-found":
+            finetune_kit.trainer.kept_embedding_gradients = lambda model: nullcontext()
+        if variant != "fresh-embedding-gradient":
+            finetune_kit.trainer.raise_heap_thresholds = lambda: None
     elif variant == "pad-16":
         from finetune_kit.batching import InputPadder
 

@@ -21,6 +21,16 @@ pays a page fault per 4 KiB on first touch. Page faults made an element-wise pas
 tensor 1.7-14x slower than over memory already mapped, and a SQuAD training step (384-token
 windows) 1.2-1.3x as long (``benchmarks/README.md``, ``benchmarks/host_memory.py``).
 
+glibc raises both thresholds on its own (the mmap threshold to the size of a mapped block when
+it is freed, the trim threshold to twice that), up to 32 MiB and 64 MiB on 64-bit systems; but
+only after a block that large was freed. A small encoder's step frees blocks of a few MiB (its
+weights' gradients, 2.25 MiB at most for MiniLM), so the thresholds stay low, and the 44 MiB of
+gradients that ``zero_grad`` frees at the top of the heap are handed back after every step and
+faulted in again by the next: 5,000-9,000 page faults a step in fp32 at SST-2's lengths.
+``raise_heap_thresholds`` sets them where glibc's own adjustment ends, which it never lowers
+again, so nothing needs restoring; training on the CPU calls it before its first step (those page
+faults fell to under 200 a step and an fp32 step took 0.84-0.86x the time; ``benchmarks/README.md``).
+
 While ``reusing_freed_memory`` is open, large blocks come from the heap (``M_MMAP_MAX`` 0) and the
 heap is not trimmed (``M_TRIM_THRESHOLD`` at its largest), so a step reuses the pages the last one
 freed. On leaving, glibc's defaults for both come back and ``malloc_trim`` hands the free memory
@@ -49,7 +59,10 @@ USER_MALLOC_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TR
 
 # mallopt's parameters (<malloc.h>) and glibc's defaults for them.
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+# Where glibc's dynamic thresholds stop rising (DEFAULT_MMAP_THRESHOLD_MAX: 32 MiB on 64-bit).
+MAX_DYNAMIC_MMAP_THRESHOLD = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
 DEFAULT_TRIM_THRESHOLD = 128 * 1024
 DEFAULT_MMAP_MAX = 65536
 # mallopt takes an int and glibc stores the trim threshold as a size_t: -1 is the largest, never trim.
@@ -99,6 +112,17 @@ def trim_heap() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def raise_heap_thresholds() -> None:
+    """Sets glibc's mmap and trim thresholds where its own dynamic adjustment ends (see the module
+    docstring), so a step's freed gradients stay in the heap for the next; nothing where malloc is
+    not glibc or the user tuned it."""
+    if not can_keep_freed_memory():
+        return
+    libc = _glibc()
+    libc.mallopt(M_MMAP_THRESHOLD, MAX_DYNAMIC_MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * MAX_DYNAMIC_MMAP_THRESHOLD)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_compiled_module, set_seed
+from accelerate.utils import DistributedType, is_compiled_module, set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -35,8 +35,15 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .dropout import dropout_masks
+from .embedding_gradient import kept_embedding_gradients
 from .files import atomic_write_text
-from .host_memory import heap_trim_interval, keep_freed_memory_requested, reusing_freed_memory, trim_heap
+from .host_memory import (
+    heap_trim_interval,
+    keep_freed_memory_requested,
+    raise_heap_thresholds,
+    reusing_freed_memory,
+    trim_heap,
+)
 from .inference import make_collate, split_model_inputs
 from .task import Task, greater_is_better
 from .trackers import log_evaluation, log_scalars
@@ -318,11 +325,23 @@ class Trainer:
         return saved["epoch"], saved["batches_done"]
 
     def train(self) -> TrainState:
-        # Asked for: on the CPU a step's large tensors reuse the memory the last one freed (host_memory.py).
-        keep = reusing_freed_memory() if self.accelerator.device.type == "cpu" and keep_freed_memory_requested() \
-            else nullcontext()
-        with keep:
+        # On the CPU glibc's thresholds start where its own adjustment ends; asked for, a step's large
+        # tensors reuse the memory the last one freed (host_memory.py).
+        on_cpu = self.accelerator.device.type == "cpu"
+        if on_cpu and not keep_freed_memory_requested():
+            raise_heap_thresholds()
+        keep = reusing_freed_memory() if on_cpu and keep_freed_memory_requested() else nullcontext()
+        with keep, self._embedding_gradients_kept():
             return self._train()
+
+    def _embedding_gradients_kept(self) -> Any:
+        """Single-process training on the CPU keeps the embedding matrices' gradient buffers across
+        steps (embedding_gradient.py); distributed wrappers and compilers get torch's own."""
+        accelerator = self.accelerator
+        if accelerator.device.type == "cpu" and accelerator.distributed_type == DistributedType.NO \
+                and not is_compiled_module(self.model):
+            return kept_embedding_gradients(self.model)
+        return nullcontext()
 
     def _train(self) -> TrainState:
         config, accelerator = self.config, self.accelerator

@@ -122,26 +122,34 @@ def test_asked_for_training_on_the_cpu_runs_its_steps_with_freed_memory_kept_and
     assert calls == kept + [("step",)] * 3 + restored
 
 
+# What training on the CPU sets before its first step unless freed memory is kept: glibc's
+# thresholds where its own dynamic adjustment stops on 64-bit systems (32 MiB, twice that).
+RAISED = [("mallopt", host_memory.M_MMAP_THRESHOLD, 32 << 20), ("mallopt", host_memory.M_TRIM_THRESHOLD, 64 << 20)]
+
+
 @pytest.mark.parametrize("switch", [None, "0"])
-def test_by_default_or_switched_off_training_does_not_keep_freed_memory_and_trims_after_its_tenth_step(
+def test_by_default_or_switched_off_training_raises_glibcs_thresholds_and_trims_after_its_tenth_step(
         tiny_encoder, tmp_path, monkeypatch, switch):
     assert host_memory.DEFAULT_TRIM_EVERY == 10
     calls = train_recording(tiny_encoder, tmp_path, monkeypatch, switch, steps=11)
-    assert calls == [("step",)] * 10 + [("malloc_trim", 0), ("step",)]
+    assert calls == RAISED + [("step",)] * 10 + [("malloc_trim", 0), ("step",)]
 
 
 def test_the_heap_is_trimmed_after_every_nth_optimizer_step(tiny_encoder, tmp_path, monkeypatch):
     calls = train_recording(tiny_encoder, tmp_path, monkeypatch, None, steps=5,
                             **{host_memory.TRIM_EVERY_ENV: "2"})
     trim = ("malloc_trim", 0)
-    assert calls == [("step",), ("step",), trim, ("step",), ("step",), trim, ("step",)]
+    assert calls == RAISED + [("step",), ("step",), trim, ("step",), ("step",), trim, ("step",)]
 
 
-@pytest.mark.parametrize("environment", [{host_memory.TRIM_EVERY_ENV: "0"},
-                                         {host_memory.TRIM_EVERY_ENV: "1", "MALLOC_MMAP_THRESHOLD_": "131072"},
+def test_trimming_switched_off_still_raises_the_thresholds(tiny_encoder, tmp_path, monkeypatch):
+    calls = train_recording(tiny_encoder, tmp_path, monkeypatch, None, **{host_memory.TRIM_EVERY_ENV: "0"})
+    assert calls == RAISED + [("step",)] * 3
+
+
+@pytest.mark.parametrize("environment", [{host_memory.TRIM_EVERY_ENV: "1", "MALLOC_MMAP_THRESHOLD_": "131072"},
                                          {host_memory.TRIM_EVERY_ENV: "1", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}])
-def test_trimming_switched_off_or_malloc_tuned_by_the_user_leaves_glibc_alone(
-        tiny_encoder, tmp_path, monkeypatch, environment):
+def test_malloc_tuned_by_the_user_leaves_glibc_alone(tiny_encoder, tmp_path, monkeypatch, environment):
     assert train_recording(tiny_encoder, tmp_path, monkeypatch, None, **environment) == [("step",)] * 3
 
 
@@ -190,3 +198,34 @@ def test_trim_heap_hands_back_free_pages_from_the_middle_of_the_heap_that_glibc_
     by_free, by_trim = (int(mib) for mib in done.stdout.split())
     assert by_free <= 4
     assert by_trim >= 56  # of the 64 MiB freed; each block's first page holds glibc's bookkeeping
+
+
+# Prints the page faults of writing 40 MiB of 2 MiB tensors (a small encoder's gradients are
+# blocks of this size) after the same tensors were written and freed, with glibc's thresholds as
+# the process found them or raised first.
+REUSE_PROBE = textwrap.dedent("""
+    import resource, sys, torch
+    from finetune_kit.host_memory import raise_heap_thresholds
+    if sys.argv[1] == "raised":
+        raise_heap_thresholds()
+    def write_and_free():
+        blocks = [torch.ones(1 << 19) for _ in range(20)]
+        del blocks
+    write_and_free()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    write_and_free()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+@needs_glibc
+def test_with_the_thresholds_raised_freed_gradient_sized_blocks_are_reused_without_page_faults():
+    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    faults = {}
+    for mode in ("as-found", "raised"):
+        done = subprocess.run([sys.executable, "-c", REUSE_PROBE, mode], capture_output=True, text=True,
+                              env=clean, timeout=120)
+        assert done.returncode == 0, done.stderr
+        faults[mode] = int(done.stdout)
+    assert faults["as-found"] >= 8000  # 40 MiB of fresh 4 KiB pages: 10,240 (10,153-10,195 measured)
+    assert faults["raised"] <= 1024  # 512 measured
