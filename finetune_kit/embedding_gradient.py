@@ -11,11 +11,11 @@ profiled SST-2 / WNUT-17 training step in bf16 that ``fill_`` was 11-14% of the 
 ``kept_embedding_gradients`` routes each trainable ``nn.Embedding``'s lookup through a function
 whose backward adds the batch's rows into a buffer that lives across steps: when the parameter has
 no gradient (the optimizer set it to None), the buffer is zeroed and becomes its gradient; when it
-has one (gradient accumulation), the rows are added to it. A weight shared with another module (an
-output layer tied to the word embeddings, as in masked-LM heads) keeps torch's lookup: autograd
-sums its two gradients before accumulating them, an order the buffer could not keep. The gradient is torch's to the bit: the batch's rows are summed per id in
-the batch's order, then added to the gradient, as torch's backward and its accumulation do;
-``padding_idx`` is left out.
+has one (gradient accumulation), the rows are added to it. The gradient is torch's to the bit:
+the batch's rows are summed per id in the batch's order, then added to the gradient, as torch's
+backward and its accumulation do; ``padding_idx`` is left out. A weight shared with another module
+(an output layer tied to the word embeddings, as in masked-LM heads) keeps torch's lookup: autograd
+sums its two gradients before accumulating them, an order the buffer could not keep.
 
 The buffer is written outside autograd's accumulation of that parameter, which distributed
 wrappers (DDP, FSDP, DeepSpeed) hook into to reduce gradients across processes: so only
