@@ -29,7 +29,7 @@ gradients that ``zero_grad`` frees at the top of the heap are handed back after 
 faulted in again by the next: 5,000-9,000 page faults a step in fp32 at SST-2's lengths.
 ``raise_heap_thresholds`` sets them where glibc's own adjustment ends, which it never lowers
 again, so nothing needs restoring; training on the CPU calls it before its first step (those page
-faults fell to under 200 a step and an fp32 step took 0.84-0.86x the time; ``benchmarks/README.md``).
+faults fell to under 200 a step and an fp32 step took 0.82-0.90x the time; ``benchmarks/README.md``).
 
 While ``reusing_freed_memory`` is open, large blocks come from the heap (``M_MMAP_MAX`` 0) and the
 heap is not trimmed (``M_TRIM_THRESHOLD`` at its largest), so a step reuses the pages the last one
