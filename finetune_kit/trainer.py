@@ -328,10 +328,10 @@ class Trainer:
         # On the CPU glibc's thresholds start where its own adjustment ends; asked for, a step's large
         # tensors reuse the memory the last one freed (host_memory.py).
         on_cpu = self.accelerator.device.type == "cpu"
-        if on_cpu and not keep_freed_memory_requested():
+        keep_freed = on_cpu and keep_freed_memory_requested()
+        if on_cpu and not keep_freed:
             raise_heap_thresholds()
-        keep = reusing_freed_memory() if on_cpu and keep_freed_memory_requested() else nullcontext()
-        with keep, self._embedding_gradients_kept():
+        with reusing_freed_memory() if keep_freed else nullcontext(), self._embedding_gradients_kept():
             return self._train()
 
     def _embedding_gradients_kept(self) -> Any:

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 import finetune_kit as fk
-from finetune_kit import embedding_gradient, trainer
+from finetune_kit import trainer
 from finetune_kit.embedding_gradient import KeptGradient, keeps_gradient, kept_embedding_gradients
 from tests.conftest import NEGATIVE, POSITIVE, one_torch_thread, write_csv
 
@@ -35,8 +35,8 @@ def batch(generator: torch.Generator) -> torch.Tensor:
 
 
 def train(model: nn.Module, kept: bool, steps: int = 3, accumulate: int = 2) -> list[torch.Tensor]:
-    """AdamW steps, each over ``accumulate`` batches; returns the word embeddings' gradient of the
-    last step, before the optimizer cleared it."""
+    """AdamW steps, each over ``accumulate`` batches; returns the word embeddings' gradient of each
+    step, as the optimizer saw it."""
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -173,4 +173,4 @@ def test_the_hook_is_gone_after_the_block():
         assert kept[0].buffer is not None
     assert kept[0].buffer is None
     assert not embedding._forward_hooks
-    assert embedding_gradient.keeps_gradient(embedding)
+    assert keeps_gradient(embedding)
