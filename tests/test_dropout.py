@@ -9,7 +9,15 @@ from torch.profiler import profile
 
 import finetune_kit as fk
 from finetune_kit.config import ConfigError, load_config
-from finetune_kit.dropout import LEVELS, CheapDropout, attention_with_dropout, drop_count, dropout_masks, keep_mask
+from finetune_kit.dropout import (
+    LEVELS,
+    CheapDropout,
+    DroppedProduct,
+    attention_with_dropout,
+    drop_count,
+    dropout_masks,
+    keep_mask,
+)
 from tests.conftest import NEGATIVE, POSITIVE, write_csv
 
 
@@ -168,3 +176,33 @@ def test_under_bf16_autocast_a_row_masked_with_fp32s_lowest_value_is_uniform_not
     expected = (probs * kept / (1 - count / LEVELS)) @ v.double()
     assert not ours.isnan().any()
     assert torch.allclose(ours, expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dropped_product_is_torchs_where_and_matmul_to_the_bit(dtype):
+    torch.manual_seed(0)
+    probs = torch.randn(3, 2, 7, 9, dtype=dtype).softmax(-1).requires_grad_()
+    value = torch.randn(3, 2, 9, 8, dtype=dtype, requires_grad=True)
+    keep = keep_mask(probs, drop_count(0.1))
+    grad = torch.randn(3, 2, 7, 8, dtype=dtype)
+    ours = DroppedProduct.apply(probs, keep, value)
+    torchs = torch.matmul(torch.where(keep, probs, 0.0), value)
+    assert torch.equal(ours, torchs)
+    for a, b in zip(torch.autograd.grad(ours, (probs, value), grad), torch.autograd.grad(torchs, (probs, value), grad)):
+        assert torch.equal(a, b)
+
+
+def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_backward_pass():
+    """The probabilities (the softmax's output) and the bool mask; the dropped probabilities are
+    made again in the backward pass."""
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    saved = {}
+
+    def keep(tensor):
+        if tuple(tensor.shape[-2:]) == (6, 6):
+            saved[tensor.untyped_storage().data_ptr()] = tensor.dtype
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        attention_with_dropout(q, k, v, None, drop_count(0.1), scale=None)
+    assert sorted(saved.values(), key=str) == [torch.bool, torch.float32]
