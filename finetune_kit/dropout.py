@@ -100,14 +100,18 @@ class DroppedProduct(torch.autograd.Function):
     """``where(keep, probs, 0) @ value``, keeping for the backward pass the probabilities (which
     the softmax keeps anyway) and the bool mask, not the dropped probabilities: one (queries x
     keys) tensor less per layer, made again by the backward pass. The gradients are torch's: the
-    same products, and ``where``'s gradient is the mask on the incoming one."""
+    same products, and ``where``'s gradient is the mask on the incoming one. The backward pass runs
+    under the autocast state the forward pass ran under (none, in attention_with_dropout), even
+    when ``backward()`` is called inside an autocast block."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx: Any, probs: torch.Tensor, keep: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(probs, keep, value)
         return torch.matmul(torch.where(keep, probs, 0.0), value)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
         probs, keep, value = ctx.saved_tensors
         grad_probs = grad_value = None

@@ -206,3 +206,17 @@ def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_b
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         attention_with_dropout(q, k, v, None, drop_count(0.1), scale=None)
     assert sorted(saved.values(), key=str) == [torch.bool, torch.float32]
+
+
+def test_the_dropped_products_backward_keeps_fp32_when_called_inside_a_bf16_autocast_block():
+    torch.manual_seed(0)
+    probs = torch.randn(1, 2, 5, 6).softmax(-1).requires_grad_()
+    value = torch.randn(1, 2, 6, 4, requires_grad=True)
+    keep = keep_mask(probs, drop_count(0.1))
+    with torch.autocast("cpu", enabled=False):
+        out = DroppedProduct.apply(probs, keep, value)
+    expected = torch.autograd.grad(torch.matmul(torch.where(keep, probs, 0.0), value).sum(), (probs, value))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = torch.autograd.grad(out.sum(), (probs, value))
+    for ours, torchs in zip(grads, expected):
+        assert ours.dtype == torch.float32 and torch.equal(ours, torchs)
