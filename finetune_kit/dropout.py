@@ -19,8 +19,9 @@ the rounding of the scores and of the probabilities to bf16; in exchange the (qu
 tensors are half the bytes and the products run on the bf16 units (a SQuAD step in bf16 took
 0.74x the time; ``benchmarks/README.md``). fp16 keeps the fp32 arithmetic: its range is too
 narrow for unnormalised scores. For its backward pass it keeps the probabilities and the bool
-mask, not the dropped probabilities as well (``DroppedProduct``): a batch of 16 SQuAD windows
-keeps 108 MiB less a layer in fp32.
+mask, not the dropped probabilities as well, and it makes three (queries x keys) tensors a step
+where autograd's operations make seven (``DroppedAttention``): a batch of 16 SQuAD windows keeps
+108 MiB less a layer in fp32 and meets fewer fresh pages.
 
 The random numbers come from torch's global CPU generator, like ``bernoulli_``'s, so seeding and
 the RNG state saved in a checkpoint make the masks reproducible; they are other masks than
@@ -83,7 +84,6 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
     with torch.autocast("cpu", enabled=False):
         query, key, value = (t.to(out_dtype).to(compute_dtype) for t in (query, key, value))
         scale = query.shape[-1] ** -0.5 if scale is None else scale
-        scores = torch.matmul(query * scale, key.transpose(-2, -1))
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 attn_mask = torch.zeros(attn_mask.shape, dtype=compute_dtype).masked_fill_(~attn_mask, float("-inf"))
@@ -91,35 +91,49 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
                 # fp32's lowest value (transformers' "masked") would round to -inf in bf16 and
                 # turn a row masked throughout into NaN; fp32 gives it a uniform softmax.
                 attn_mask = attn_mask.clamp(min=torch.finfo(compute_dtype).min)
-            scores = scores + attn_mask.to(compute_dtype)
-        probs = torch.softmax(scores, dim=-1)
-        return DroppedProduct.apply(probs, keep_mask(probs, count), value * keep_scale(count)).to(out_dtype)
+            attn_mask = attn_mask.to(compute_dtype)
+        return DroppedAttention.apply(query * scale, key, value * keep_scale(count), attn_mask, count).to(out_dtype)
 
 
-class DroppedProduct(torch.autograd.Function):
-    """``where(keep, probs, 0) @ value``, keeping for the backward pass the probabilities (which
-    the softmax keeps anyway) and the bool mask, not the dropped probabilities: one (queries x
-    keys) tensor less per layer, made again by the backward pass. The gradients are torch's: the
-    same products, and ``where``'s gradient is the mask on the incoming one. The backward pass runs
-    under the autocast state the forward pass ran under (none, in attention_with_dropout), even
-    when ``backward()`` is called inside an autocast block."""
+class DroppedAttention(torch.autograd.Function):
+    """``where(keep, softmax(query @ key^T + mask), 0) @ value`` with the mask ``keep`` drawn
+    after the softmax, computed and differentiated as autograd would (the same products, sums
+    and kernels, so the same bits), with fewer (queries x keys) tensors: autograd makes four in
+    the forward pass (scores, masked scores, probabilities, dropped probabilities), keeping the
+    last two, and three in the backward pass (the gradients of the last three). Here the scores
+    take the mask, become the probabilities in place and are kept with the bool mask; the dropped
+    probabilities are made again in the backward pass, whose three gradients (dropped
+    probabilities, probabilities, scores) then overwrite that one tensor. Tensors of a few dozen
+    MiB come from fresh pages at every allocation, so fewer of them is time as well as memory.
+    Runs under the autocast state of its caller (none, in attention_with_dropout), also when
+    ``backward()`` is called inside an autocast block."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx: Any, probs: torch.Tensor, keep: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(probs, keep, value)
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None, count: int) -> torch.Tensor:
+        scores = torch.matmul(query, key.transpose(-2, -1))
+        if mask is not None:
+            scores.add_(mask)
+        probs = torch._softmax(scores, -1, False, out=scores)
+        keep = keep_mask(probs, count)
+        ctx.save_for_backward(query, key, value, probs, keep)
+        ctx.mask_shape = None if mask is None else mask.shape
         return torch.matmul(torch.where(keep, probs, 0.0), value)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
-        probs, keep, value = ctx.saved_tensors
-        grad_probs = grad_value = None
-        if ctx.needs_input_grad[0]:
-            grad_probs = torch.where(keep, torch.matmul(grad, value.transpose(-2, -1)), 0.0)
-        if ctx.needs_input_grad[2]:
-            grad_value = torch.matmul(torch.where(keep, probs, 0.0).transpose(-2, -1), grad)
-        return grad_probs, None, grad_value
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, key, value, probs, keep = ctx.saved_tensors
+        square = torch.where(keep, probs, 0.0)
+        grad_value = torch.matmul(square.transpose(-2, -1), grad) if ctx.needs_input_grad[2] else None
+        torch.matmul(grad, value.transpose(-2, -1), out=square)
+        torch.where(keep, square, torch.zeros((), dtype=square.dtype), out=square)
+        torch.ops.aten._softmax_backward_data.out(square, probs, -1, square.dtype, grad_input=square)
+        grad_query = torch.matmul(square, key) if ctx.needs_input_grad[0] else None
+        grad_key = torch.matmul(query.transpose(-2, -1), square).transpose(-2, -1) if ctx.needs_input_grad[1] else None
+        grad_mask = square.sum_to_size(ctx.mask_shape) if ctx.needs_input_grad[3] else None
+        return grad_query, grad_key, grad_value, grad_mask, None
 
 
 class CheapDropout(TorchFunctionMode):
@@ -149,6 +163,8 @@ class CheapDropout(TorchFunctionMode):
         count = drop_count(dropout_p)
         if count is None or is_causal or enable_gqa or not all(is_plain_cpu(t) for t in (query, key, value)):
             return None
+        if not query.shape[:-2] == key.shape[:-2] == value.shape[:-2]:
+            return None  # broadcast batch dimensions: DroppedAttention's gradients take them as given
         if attn_mask is not None:
             # SDPA gives a query that may attend to nothing zeros; softmax would give NaN.
             if not is_plain_cpu(attn_mask):

@@ -6,13 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import finetune_kit as fk
 from finetune_kit.config import ConfigError, load_config
 from finetune_kit.dropout import (
     LEVELS,
     CheapDropout,
-    DroppedProduct,
+    DroppedAttention,
     attention_with_dropout,
     drop_count,
     dropout_masks,
@@ -178,18 +180,66 @@ def test_under_bf16_autocast_a_row_masked_with_fp32s_lowest_value_is_uniform_not
     assert torch.allclose(ours, expected, atol=3e-2, rtol=3e-2)
 
 
+def autograds_dropped_attention(query, key, value, mask, count):
+    """What DroppedAttention computes, as plain autograd operations (the keep mask drawn after
+    the softmax, as it is there)."""
+    probs = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) + (0 if mask is None else mask), -1)
+    return torch.matmul(torch.where(keep_mask(probs, count), probs, 0.0), value)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_dropped_product_is_torchs_where_and_matmul_to_the_bit(dtype):
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "learned"])
+def test_dropped_attention_is_autograds_products_softmax_and_where_to_the_bit(dtype, mask_kind):
+    """Output and every gradient (a learned additive mask's too) equal autograd's for the same
+    operations, to the bit."""
     torch.manual_seed(0)
-    probs = torch.randn(3, 2, 7, 9, dtype=dtype).softmax(-1).requires_grad_()
-    value = torch.randn(3, 2, 9, 8, dtype=dtype, requires_grad=True)
-    keep = keep_mask(probs, drop_count(0.1))
+    query, key, value = (torch.randn(3, 2, 7, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = None
+    if mask_kind != "none":
+        mask = torch.zeros(3, 1, 1, 7, dtype=dtype)
+        mask[0, ..., 4:] = torch.finfo(dtype).min
+        if mask_kind == "learned":
+            mask = torch.randn(1, 2, 7, 7, dtype=dtype, requires_grad=True)
+    inputs = [t for t in (query, key, value, mask) if t is not None and t.requires_grad]
     grad = torch.randn(3, 2, 7, 8, dtype=dtype)
-    ours = DroppedProduct.apply(probs, keep, value)
-    torchs = torch.matmul(torch.where(keep, probs, 0.0), value)
+    count = drop_count(0.1)
+    torch.manual_seed(5)
+    ours = DroppedAttention.apply(query, key, value, mask, count)
+    torch.manual_seed(5)
+    torchs = autograds_dropped_attention(query, key, value, mask, count)
     assert torch.equal(ours, torchs)
-    for a, b in zip(torch.autograd.grad(ours, (probs, value), grad), torch.autograd.grad(torchs, (probs, value), grad)):
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(torchs, inputs, grad), strict=True):
         assert torch.equal(a, b)
+
+
+def test_dropped_attention_makes_three_queries_by_keys_tensors_where_autograd_makes_seven():
+    """The scores become the probabilities in place (kept), the dropped probabilities are a
+    temporary of the forward pass, and the backward pass writes its three gradients into one
+    tensor: three new (queries x keys) tensors in all, where autograd's operations make seven."""
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 6)
+
+    def new_squares(run):
+        made = []
+
+        class NewTensors(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                result = func(*args, **(kwargs or {}))
+                given = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                         if isinstance(t, torch.Tensor)}
+                made.extend(t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)
+                            and t.is_floating_point() and t.numel() == 2 * 3 * 6 * 6
+                            and t.untyped_storage().data_ptr() not in given)
+                return result
+
+        with NewTensors():
+            torch.autograd.grad(run().sum(), (query, key, value))
+        return len(made)
+
+    count = drop_count(0.1)
+    assert new_squares(lambda: DroppedAttention.apply(query, key, value, mask, count)) == 3
+    assert new_squares(lambda: autograds_dropped_attention(query, key, value, mask, count)) == 7
 
 
 def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_backward_pass():
@@ -208,15 +258,16 @@ def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_b
     assert sorted(saved.values(), key=str) == [torch.bool, torch.float32]
 
 
-def test_the_dropped_products_backward_keeps_fp32_when_called_inside_a_bf16_autocast_block():
+def test_dropped_attentions_backward_keeps_fp32_when_called_inside_a_bf16_autocast_block():
     torch.manual_seed(0)
-    probs = torch.randn(1, 2, 5, 6).softmax(-1).requires_grad_()
-    value = torch.randn(1, 2, 6, 4, requires_grad=True)
-    keep = keep_mask(probs, drop_count(0.1))
+    inputs = [torch.randn(1, 2, 5, 4, requires_grad=True) for _ in range(3)]
+    count = drop_count(0.1)
+    torch.manual_seed(5)
     with torch.autocast("cpu", enabled=False):
-        out = DroppedProduct.apply(probs, keep, value)
-    expected = torch.autograd.grad(torch.matmul(torch.where(keep, probs, 0.0), value).sum(), (probs, value))
+        out = DroppedAttention.apply(*inputs, None, count)
+    torch.manual_seed(5)
+    expected = torch.autograd.grad(autograds_dropped_attention(*inputs, None, count).sum(), inputs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        grads = torch.autograd.grad(out.sum(), (probs, value))
+        grads = torch.autograd.grad(out.sum(), inputs)
     for ours, torchs in zip(grads, expected):
         assert ours.dtype == torch.float32 and torch.equal(ours, torchs)
