@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 from .cpu_tensors import is_plain_cpu
@@ -122,6 +123,7 @@ class DroppedAttention(torch.autograd.Function):
         return torch.matmul(torch.where(keep, probs, 0.0), value)
 
     @staticmethod
+    @once_differentiable  # it writes into its own tensors; a second derivative is a clear error
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, key, value, probs, keep = ctx.saved_tensors

@@ -271,3 +271,16 @@ def test_dropped_attentions_backward_keeps_fp32_when_called_inside_a_bf16_autoca
         grads = torch.autograd.grad(out.sum(), inputs)
     for ours, torchs in zip(grads, expected):
         assert ours.dtype == torch.float32 and torch.equal(ours, torchs)
+
+
+def test_dropped_attentions_gradients_taken_with_create_graph_are_the_same_and_a_second_derivative_is_refused():
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, 2, 5, 4, requires_grad=True) for _ in range(3)]
+    count = drop_count(0.1)
+    torch.manual_seed(5)
+    out = DroppedAttention.apply(*inputs, None, count)
+    plain = torch.autograd.grad(out.sum(), inputs, retain_graph=True)
+    with_graph = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_graph, strict=True))
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(with_graph[0].sum(), inputs[0])
