@@ -10,6 +10,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import finetune_kit as fk
+from finetune_kit import dropout
 from finetune_kit.config import ConfigError, load_config
 from finetune_kit.dropout import (
     LEVELS,
@@ -19,6 +20,7 @@ from finetune_kit.dropout import (
     drop_count,
     dropout_masks,
     keep_mask,
+    masked_dropout,
 )
 from tests.conftest import NEGATIVE, POSITIVE, write_csv
 
@@ -124,11 +126,10 @@ def test_training_with_fast_masks_draws_no_bernoulli_and_learns_the_same_way(tin
 
 @pytest.mark.parametrize("autocast_dtype, square_dtype", [(torch.bfloat16, torch.bfloat16),
                                                           (torch.float16, torch.float32)])
-def test_under_autocast_attention_with_dropout_keeps_its_square_tensors_in_bf16_or_fp32_for_fp16(
-        autocast_dtype, square_dtype):
-    """bf16: the (queries x keys) tensors saved for the backward pass (probabilities, dropped
-    probabilities) are bf16, and output and gradients stay within bf16's rounding of the float64
-    result with the same mask; fp16 computes them in fp32."""
+def test_under_autocast_attention_with_dropout_computes_in_bf16_or_fp32_for_fp16(autocast_dtype, square_dtype):
+    """bf16: queries, keys and values are kept in bf16 (the probabilities are computed again from
+    them), and output and gradients stay within bf16's rounding of the float64 result with the
+    same mask; fp16 computes in fp32."""
     torch.manual_seed(0)
     length = 24
     q, k, v = (torch.randn(2, 3, length, 8, requires_grad=True) for _ in range(3))
@@ -142,8 +143,8 @@ def test_under_autocast_attention_with_dropout_keeps_its_square_tensors_in_bf16_
     torch.manual_seed(7)
     with torch.autocast("cpu", dtype=autocast_dtype), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         ours = attention_with_dropout(q, k, v, None, count, scale=None)
-    square = {dtype for dtype, shape in saved if shape == (length, length) and dtype.is_floating_point}
-    assert square == {square_dtype}
+    assert {dtype for dtype, shape in saved if shape == (length, 8)} == {square_dtype}
+    assert {dtype for dtype, shape in saved if shape == (length, length)} == {torch.bool}
     assert ours.dtype == autocast_dtype
 
     torch.manual_seed(7)
@@ -189,19 +190,23 @@ def autograds_dropped_attention(query, key, value, mask, count):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask_kind", ["none", "padding", "learned"])
-def test_dropped_attention_is_autograds_products_softmax_and_where_to_the_bit(dtype, mask_kind):
+@pytest.mark.parametrize("piece_elements", [dropout.PIECE_ELEMENTS, 1])
+def test_dropped_attention_is_autograds_products_softmax_and_where_to_the_bit(dtype, mask_kind, piece_elements,
+                                                                              monkeypatch):
     """Output and every gradient (a learned additive mask's too) equal autograd's for the same
-    operations, to the bit."""
+    operations, to the bit, in one piece or a batch entry at a time. (A batch entry's 72 draws
+    are whole 64-bit words, so the pieces' masks are the whole tensor's.)"""
+    monkeypatch.setattr(dropout, "PIECE_ELEMENTS", piece_elements)
     torch.manual_seed(0)
-    query, key, value = (torch.randn(3, 2, 7, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    query, key, value = (torch.randn(3, 2, 6, 8, dtype=dtype, requires_grad=True) for _ in range(3))
     mask = None
     if mask_kind != "none":
-        mask = torch.zeros(3, 1, 1, 7, dtype=dtype)
+        mask = torch.zeros(3, 1, 1, 6, dtype=dtype)
         mask[0, ..., 4:] = torch.finfo(dtype).min
         if mask_kind == "learned":
-            mask = torch.randn(1, 2, 7, 7, dtype=dtype, requires_grad=True)
+            mask = torch.randn(1, 2, 6, 6, dtype=dtype, requires_grad=True)
     inputs = [t for t in (query, key, value, mask) if t is not None and t.requires_grad]
-    grad = torch.randn(3, 2, 7, 8, dtype=dtype)
+    grad = torch.randn(3, 2, 6, 8, dtype=dtype)
     count = drop_count(0.1)
     torch.manual_seed(5)
     ours = DroppedAttention.apply(query, key, value, mask, count)
@@ -212,39 +217,42 @@ def test_dropped_attention_is_autograds_products_softmax_and_where_to_the_bit(dt
         assert torch.equal(a, b)
 
 
-def test_dropped_attention_makes_three_queries_by_keys_tensors_where_autograd_makes_seven():
-    """The scores become the probabilities in place (kept), the dropped probabilities are a
-    temporary of the forward pass, and the backward pass writes its three gradients into one
-    tensor: three new (queries x keys) tensors in all, where autograd's operations make seven."""
+def new_float_tensors(run, inputs):
+    """The float tensors that ``run()`` and its backward pass make, by element count."""
+    made = []
+
+    class NewTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            given = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                     if isinstance(t, torch.Tensor)}
+            made.extend(t.numel() for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)
+                        and t.is_floating_point() and t.untyped_storage().data_ptr() not in given)
+            return result
+
+    with NewTensors():
+        torch.autograd.grad(run().sum(), inputs)
+    return made
+
+
+def test_dropped_attention_makes_no_whole_queries_by_keys_float_tensor_only_piece_sized_buffers(monkeypatch):
+    """A batch entry at a time: the forward pass's scores and float mask and the backward pass's
+    scores, float mask and gradient are five buffers of one entry's size; autograd's operations
+    make seven float tensors of the whole batch's."""
+    monkeypatch.setattr(dropout, "PIECE_ELEMENTS", 1)
     torch.manual_seed(0)
-    query, key, value = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
-    mask = torch.zeros(2, 1, 1, 6)
-
-    def new_squares(run):
-        made = []
-
-        class NewTensors(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                result = func(*args, **(kwargs or {}))
-                given = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
-                         if isinstance(t, torch.Tensor)}
-                made.extend(t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)
-                            and t.is_floating_point() and t.numel() == 2 * 3 * 6 * 6
-                            and t.untyped_storage().data_ptr() not in given)
-                return result
-
-        with NewTensors():
-            torch.autograd.grad(run().sum(), (query, key, value))
-        return len(made)
-
+    inputs = query, key, value = tuple(torch.randn(4, 3, 6, 8, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(4, 1, 1, 6)
     count = drop_count(0.1)
-    assert new_squares(lambda: DroppedAttention.apply(query, key, value, mask, count)) == 3
-    assert new_squares(lambda: autograds_dropped_attention(query, key, value, mask, count)) == 7
+    whole, entry = 4 * 3 * 6 * 6, 3 * 6 * 6
+    ours = new_float_tensors(lambda: DroppedAttention.apply(query, key, value, mask, count), inputs)
+    assert ours.count(whole) == 0 and ours.count(entry) == 5
+    torchs = new_float_tensors(lambda: autograds_dropped_attention(query, key, value, mask, count), inputs)
+    assert torchs.count(whole) == 7
 
 
-def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_backward_pass():
-    """The probabilities (the softmax's output) and the bool mask; the dropped probabilities are
-    made again in the backward pass."""
+def test_attention_with_dropout_keeps_no_float_queries_by_keys_tensor_for_the_backward_pass():
+    """Only the bool mask; the probabilities are computed again in the backward pass."""
     q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
     saved = {}
 
@@ -255,7 +263,23 @@ def test_attention_with_dropout_keeps_one_float_queries_by_keys_tensor_for_the_b
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         attention_with_dropout(q, k, v, None, drop_count(0.1), scale=None)
-    assert sorted(saved.values(), key=str) == [torch.bool, torch.float32]
+    assert list(saved.values()) == [torch.bool]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fast_dropout_is_where_and_the_scale_to_the_bit_and_keeps_only_the_bool_mask(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 8, dtype=dtype, requires_grad=True)
+    grad = torch.randn(4, 5, 8, dtype=dtype)
+    count = drop_count(0.1)
+    saved = []
+    torch.manual_seed(5)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        ours = masked_dropout(x, count)
+    torch.manual_seed(5)
+    torchs = torch.where(keep_mask(x, count), x, 0.0).mul_(1 / (1 - count / LEVELS))
+    assert ours.dtype == dtype and torch.equal(ours, torchs) and saved == [torch.bool]
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(torchs, x, grad)[0])
 
 
 def test_dropped_attentions_backward_keeps_fp32_when_called_inside_a_bf16_autocast_block():
