@@ -9,8 +9,9 @@ CPU kernels take no dropout).
 Here a mask comes from 64-bit random words cut into four 16-bit draws (four elements per word)
 and one comparison (``MaskDraws``), and is applied as a product with its 1s and 0s in the
 tensor's dtype; the backward pass keeps the bool mask, 1 byte an element instead of a float. An
-element is dropped with probability ``k / 65536``, ``k`` the nearest integer to ``p * 65536`` (0.1 -> 0.1000061), and kept values are
-divided by that probability's complement, so the expected output is the input exactly. Attention
+element is dropped with probability ``k / 65536``, ``k`` the nearest integer to ``p * 65536``
+(0.1 -> 0.1000061), and kept values are divided by that probability's complement, so the
+expected output is the input exactly. Attention
 with dropout runs SDPA's math path with the cheap mask on the probabilities, in one respect
 otherwise: under bf16 autocast its two products and the softmax run in bf16, as autocast runs
 a hand-written ("eager") attention, where SDPA's math path on the CPU upcasts them to fp32. The
@@ -86,31 +87,35 @@ def keep_scale(count: int) -> float:
     return 1.0 / (1.0 - count / LEVELS)
 
 
+def float_mask(keep: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``keep`` as 1s and 0s of ``buffer``'s dtype, written into ``buffer``: products with it run
+    vectorised, where ``torch.where`` and products with bool or uint8 tensors convert element by
+    element (1.0 ms against 0.1 for 1.8M fp32 elements)."""
+    return buffer[: keep.numel()].view(keep.shape).copy_(keep.view(torch.uint8))
+
+
 def masked_dropout(x: torch.Tensor, count: int) -> torch.Tensor:
     return MaskedDropout.apply(x, count)
 
 
 class MaskedDropout(torch.autograd.Function):
     """``where(keep, x, 0) * scale`` and its gradient as products with the mask in ``x``'s dtype
-    (1s and 0s), then the scale: the same values (but for the sign of a zero), where torch's CPU ``where``,
-    and products with a bool or uint8 tensor, convert element by element (1.4-5 ms for 2.4M fp32
-    elements against 0.4). The backward pass keeps the bool mask, as ``where``'s does."""
+    (1s and 0s, ``float_mask``), then the scale: the same values (but for the sign of a zero),
+    where torch's CPU ``where``, and products with a bool or uint8 tensor, convert element by
+    element (1.4-5 ms for 2.4M fp32 elements against 0.4). The backward pass keeps the bool mask,
+    as ``where``'s does."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, count: int) -> torch.Tensor:
         keep = keep_mask(x, count)
         ctx.save_for_backward(keep)
         ctx.scale = keep_scale(count)
-        return torch.mul(x, ones_and_zeros(keep, x.dtype)).mul_(ctx.scale)
+        return torch.mul(x, float_mask(keep, x.new_empty(keep.numel()))).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return torch.mul(grad, ones_and_zeros(keep, grad.dtype)).mul_(ctx.scale), None
-
-
-def ones_and_zeros(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(keep.shape, dtype=dtype).copy_(keep.view(torch.uint8))
+        return torch.mul(grad, float_mask(keep, grad.new_empty(keep.numel()))).mul_(ctx.scale), None
 
 
 def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -155,13 +160,6 @@ def mask_part(mask: torch.Tensor, rows: slice, dims: int) -> torch.Tensor:
     if mask.dim() == dims and mask.shape[0] > 1:
         return mask[rows]
     return mask
-
-
-def float_mask(keep: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
-    """``keep`` as 1s and 0s of ``buffer``'s dtype, written into ``buffer``: products with it run
-    vectorised, where ``torch.where`` and products with bool or uint8 tensors convert element by
-    element (1.0 ms against 0.1 for 1.8M fp32 elements)."""
-    return buffer[: keep.numel()].view(keep.shape).copy_(keep.view(torch.uint8))
 
 
 def piece_probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, rows: slice,
