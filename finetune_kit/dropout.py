@@ -137,7 +137,16 @@ def attention_with_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.
                 # turn a row masked throughout into NaN; fp32 gives it a uniform softmax.
                 attn_mask = attn_mask.clamp(min=torch.finfo(compute_dtype).min)
             attn_mask = attn_mask.to(compute_dtype)
-        return DroppedAttention.apply(query * scale, key, value * keep_scale(count), attn_mask, count).to(out_dtype)
+        return DroppedAttention.apply(contiguous_product(query, scale), key.contiguous(),
+                                      contiguous_product(value, keep_scale(count)), attn_mask, count).to(out_dtype)
+
+
+def contiguous_product(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor``, contiguous. Attention's inputs come as views of (batch, length, heads, head
+    size) tensors; contiguous, a piece's heads are its batched products' operands as they are (a
+    view), where otherwise each product of each piece copies them, twelve copies a piece in the
+    backward pass."""
+    return x.clone(memory_format=torch.contiguous_format).mul_(factor)
 
 
 # (queries x keys) elements per piece of DroppedAttention: a sequence's attention at 384 tokens
@@ -215,6 +224,7 @@ class DroppedAttention(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query, key, value, mask, keep = ctx.saved_tensors
+        grad = grad.contiguous()  # a transposed view's gradient, read by two products a piece
         need_query, need_key, need_value, need_mask = ctx.needs_input_grad[:4]
         shape = keep.shape
         grad_query = torch.empty_like(query) if need_query else None

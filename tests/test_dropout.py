@@ -251,6 +251,33 @@ def test_dropped_attention_makes_no_whole_queries_by_keys_float_tensor_only_piec
     assert torchs.count(whole) == 7
 
 
+def test_attention_on_heads_viewed_from_a_hidden_state_copies_them_once_not_in_every_piece(monkeypatch):
+    """Queries, keys and values come as views of a (batch, length, heads x size) tensor, as an
+    encoder's self-attention makes them: each is made contiguous once, after which a piece's heads
+    are its products' operands as they are, where a piece of two or more such entries would be
+    copied for each product (twelve copies a piece, forward and backward)."""
+    batch, length, heads, size = 4, 6, 3, 8
+    monkeypatch.setattr(dropout, "PIECE_ELEMENTS", 2 * heads * length * length)  # two entries a piece
+    torch.manual_seed(0)
+    hidden = tuple(torch.randn(batch, length, heads * size, requires_grad=True) for _ in range(3))
+    copied = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.clone.default, torch.ops.aten.contiguous.default):
+                copied.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    def run():
+        q, k, v = (h.view(batch, length, heads, size).transpose(1, 2) for h in hidden)
+        out = attention_with_dropout(q, k, v, torch.zeros(batch, 1, 1, length), drop_count(0.1), None)
+        return out.transpose(1, 2).reshape(batch, length, heads * size)
+
+    with Copies():
+        torch.autograd.grad(run().sum(), hidden)
+    assert copied and set(copied) == {batch * length * heads * size}  # whole tensors only, no piece
+
+
 def test_attention_with_dropout_keeps_no_float_queries_by_keys_tensor_for_the_backward_pass():
     """Only the bool mask; the probabilities are computed again in the backward pass."""
     q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
