@@ -544,6 +544,12 @@ def place_of(row: dict[str, Any]) -> str:
     return f"item {item}" if item is not None else ""
 
 
+def line_numbers(raw: Dataset) -> list[int] | None:
+    """The file line each row was read from (the column these readers add), or None for rows that
+    came without one (a dataset built in memory)."""
+    return column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+
+
 def where(source: str, row: dict[str, Any]) -> str:
     """'file line N' (or 'file item N' in a JSON document) for a row read by these readers."""
     place = place_of(row)

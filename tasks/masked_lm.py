@@ -55,7 +55,7 @@ from transformers.utils import ModelOutput
 
 from finetune_kit.batching import padded
 from finetune_kit.columns import column_values
-from finetune_kit.data import LINE_COLUMN, place_of, require_columns, where
+from finetune_kit.data import LINE_COLUMN, line_numbers, place_of, require_columns, where
 from finetune_kit.heads import head_module_names, transformers_model
 from finetune_kit.masking import (
     IGNORE_INDEX,
@@ -409,7 +409,7 @@ class MaskedLMTask(TaskBase):
             raise DataError(f"{source}: no examples")
         column = self.settings.text_column
         require_columns(raw, [column], source, {column: "--text-column"})
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        lines = line_numbers(raw) or [None] * len(raw)
         for line, value in zip(lines, column_values(raw, column)):
             place = where(source, {LINE_COLUMN: line})
             if isinstance(value, list):

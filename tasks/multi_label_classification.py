@@ -38,7 +38,7 @@ from transformers import AutoModelForSequenceClassification
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
+from finetune_kit.data import iter_rows, line_numbers, require_columns, require_text, where
 from finetune_kit.heads import has_transformers_head, head_module_names, transformers_model
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
@@ -555,7 +555,7 @@ class MultiLabelClassificationTask(TaskBase):
         wrong = (gold != predicted).sum(axis=1)
         order = sorted(np.flatnonzero(wrong).tolist(), key=lambda i: (-wrong[i], i))
         columns = self.text_columns()
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+        lines = line_numbers(raw)
         texts = [column_values(raw, c) for c in columns]
 
         def names(row: np.ndarray) -> str:

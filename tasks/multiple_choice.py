@@ -52,8 +52,8 @@ from finetune_kit.columns import column_values
 from finetune_kit.data import (
     INTERNAL_COLUMNS,
     ITEM_COLUMN,
-    LINE_COLUMN,
     iter_rows,
+    line_numbers,
     require_columns,
     where,
 )
@@ -546,7 +546,7 @@ class MultipleChoiceTask(TaskBase):
             return predictions[i]["scores"][predictions[i]["choice"]]
 
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-confidence(i), i))
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+        lines = line_numbers(raw)
         rows = []
         for i in wrong[:MAX_EXAMPLES]:
             question, chosen = questions[i], predictions[i]["choice"]

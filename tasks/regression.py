@@ -52,7 +52,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import LINE_COLUMN, iter_rows, require_columns, require_text, where
+from finetune_kit.data import iter_rows, line_numbers, require_columns, require_text, where
 from finetune_kit.heads import (
     has_transformers_head,
     head_module_names,
@@ -516,7 +516,7 @@ class RegressionTask(TaskBase):
     def _largest_errors(self, raw: Dataset, gold: np.ndarray, predicted: np.ndarray) -> Section:
         errors = np.abs(predicted - gold).mean(axis=1)
         worst = np.argsort(-errors, kind="stable")[:MAX_EXAMPLES]
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+        lines = line_numbers(raw)
         columns = self.text_columns()
         worst_rows = raw.select(worst.tolist())
         texts = {c: column_values(worst_rows, c) for c in columns}

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import LINE_COLUMN, require_columns, where
+from finetune_kit.data import LINE_COLUMN, line_numbers, require_columns, where
 from finetune_kit.heads import (
     has_transformers_head,
     head_dropout,
@@ -170,16 +170,17 @@ class TextClassificationTask(TaskBase):
             raise DataError(f"{source}: no examples")
         self.validate_columns(raw, split, source)
         columns = self.text_columns() + ([] if split == "predict" else [self.settings.label_column])
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else [None] * len(raw)
+        lines = line_numbers(raw) or [None] * len(raw)
+        values = {column: column_values(raw, column) for column in columns}
         for column in columns:
-            for line, value in zip(lines, column_values(raw, column)):
+            for line, value in zip(lines, values[column]):
                 if value is None or (isinstance(value, str) and not value.strip()):
                     raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is empty")
                 if column != self.settings.label_column and not isinstance(value, str):
                     raise DataError(f"{where(source, {LINE_COLUMN: line})}: column '{column}' is not text "
                                     f"({type(value).__name__})")
         if split != "predict" and self.labels:
-            for line, value in zip(lines, column_values(raw, self.settings.label_column)):
+            for line, value in zip(lines, values[self.settings.label_column]):
                 if label_name(value) not in self.label_to_id:
                     raise DataError(
                         f"{where(source, {LINE_COLUMN: line})}: label '{label_name(value)}' was never seen in "
@@ -294,7 +295,7 @@ class TextClassificationTask(TaskBase):
                           correct: list[bool]) -> Section:
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-predictions[i]["score"], i))
         columns = self.text_columns()
-        lines = column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
+        lines = line_numbers(raw)
         rows = [[lines[i] if lines else i + 1, *[raw[i][c] for c in columns], gold[i], predictions[i]["label"],
                  predictions[i]["score"]] for i in wrong[:MAX_EXAMPLES]]
         note = (f"{len(wrong)} of {len(gold)} examples are wrong; these are the {len(rows)} with the highest "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_kit.data import LINE_COLUMN, read_file, require_columns
+from finetune_kit.data import LINE_COLUMN, line_numbers, read_file, require_columns
 from finetune_kit.task import DataError
 
 
@@ -16,6 +16,15 @@ def test_csv_with_quoted_commas_and_quotes(tmp_path: Path):
     assert ds["text"] == ["hello, world", 'she said "hi"', "plain"]
     assert ds["label"] == ["pos", "neg", "pos"]
     assert ds[LINE_COLUMN] == [2, 3, 4]
+
+
+def test_line_numbers_are_the_file_lines_of_the_rows_or_none_for_a_dataset_built_in_memory(tmp_path: Path):
+    from datasets import Dataset
+
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"two\nlines",a\n\nplain,b\n', encoding="utf-8")
+    assert line_numbers(read_file(path)) == [2, 5]  # a record over two lines, a blank line skipped
+    assert line_numbers(Dataset.from_dict({"text": ["x"], "label": ["a"]})) is None
 
 
 def test_csv_line_numbers_follow_multiline_records(tmp_path: Path):
