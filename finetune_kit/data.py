@@ -550,6 +550,13 @@ def line_numbers(raw: Dataset) -> list[int] | None:
     return column_values(raw, LINE_COLUMN) if LINE_COLUMN in raw.column_names else None
 
 
+def row_places(raw: Dataset) -> tuple[str, list[int]]:
+    """How a report's table names the rows of ``raw``: ("line", each row's file line) where the
+    readers recorded one, else ("row", each row's position counting from 1)."""
+    lines = line_numbers(raw)
+    return ("line", lines) if lines else ("row", list(range(1, len(raw) + 1)))
+
+
 def where(source: str, row: dict[str, Any]) -> str:
     """'file line N' (or 'file item N' in a JSON document) for a row read by these readers."""
     place = place_of(row)

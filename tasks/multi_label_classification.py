@@ -38,7 +38,7 @@ from transformers import AutoModelForSequenceClassification
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import iter_rows, line_numbers, require_columns, require_text, where
+from finetune_kit.data import iter_rows, require_columns, require_text, row_places, where
 from finetune_kit.heads import has_transformers_head, head_module_names, transformers_model
 from finetune_kit.report_content import (
     MAX_EXAMPLES,
@@ -555,18 +555,18 @@ class MultiLabelClassificationTask(TaskBase):
         wrong = (gold != predicted).sum(axis=1)
         order = sorted(np.flatnonzero(wrong).tolist(), key=lambda i: (-wrong[i], i))
         columns = self.text_columns()
-        lines = line_numbers(raw)
+        place, places = row_places(raw)
         texts = [column_values(raw, c) for c in columns]
 
         def names(row: np.ndarray) -> str:
             return ", ".join(self.labels[k] for k in np.flatnonzero(row)) or "(none)"
 
-        rows = [[lines[i] if lines else i + 1, *[t[i] for t in texts], names(gold[i]), names(predicted[i]),
+        rows = [[places[i], *[t[i] for t in texts], names(gold[i]), names(predicted[i]),
                  names(gold[i] & ~predicted[i]), names(predicted[i] & ~gold[i])] for i in order[:MAX_EXAMPLES]]
         note = (f"{len(order)} of {len(gold)} examples have a wrong label set; these are the {len(rows)} with the "
                 f"most wrong labels.")
         return Section("Most wrong label sets", [
-            table("Most wrong label sets", ["line" if lines else "row", *columns, "gold", "predicted", "missed",
+            table("Most wrong label sets", [place, *columns, "gold", "predicted", "missed",
                                             "extra"], rows)], note=note)
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:

@@ -53,8 +53,8 @@ from finetune_kit.data import (
     INTERNAL_COLUMNS,
     ITEM_COLUMN,
     iter_rows,
-    line_numbers,
     require_columns,
+    row_places,
     where,
 )
 from finetune_kit.heads import (
@@ -546,18 +546,18 @@ class MultipleChoiceTask(TaskBase):
             return predictions[i]["scores"][predictions[i]["choice"]]
 
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-confidence(i), i))
-        lines = line_numbers(raw)
+        place, places = row_places(raw)
         rows = []
         for i in wrong[:MAX_EXAMPLES]:
             question, chosen = questions[i], predictions[i]["choice"]
-            rows.append([lines[i] if lines else i + 1, question.text,
+            rows.append([places[i], question.text,
                          f"{question.name_of(chosen)}: {question.choices[chosen]}", confidence(i),
                          f"{question.name_of(question.answer)}: {question.choices[question.answer]}",
                          predictions[i]["scores"][question.answer]])
         note = (f"{len(wrong)} of {len(questions)} questions are answered wrongly; these are the {len(rows)} the "
                 f"model was surest of.")
         return Section("Most confident errors", [table(
-            "Most confident errors", ["line" if lines else "row", "question", "chosen", "probability", "right answer",
+            "Most confident errors", [place, "question", "chosen", "probability", "right answer",
                                       "its probability"], rows)], note=note)
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:

@@ -52,7 +52,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import iter_rows, line_numbers, require_columns, require_text, where
+from finetune_kit.data import iter_rows, require_columns, require_text, row_places, where
 from finetune_kit.heads import (
     has_transformers_head,
     head_module_names,
@@ -516,7 +516,7 @@ class RegressionTask(TaskBase):
     def _largest_errors(self, raw: Dataset, gold: np.ndarray, predicted: np.ndarray) -> Section:
         errors = np.abs(predicted - gold).mean(axis=1)
         worst = np.argsort(-errors, kind="stable")[:MAX_EXAMPLES]
-        lines = line_numbers(raw)
+        place, places = row_places(raw)
         columns = self.text_columns()
         worst_rows = raw.select(worst.tolist())
         texts = {c: column_values(worst_rows, c) for c in columns}
@@ -526,11 +526,11 @@ class RegressionTask(TaskBase):
         rows = []
         for position, i in enumerate(worst):
             values = [v for k in range(len(self.targets)) for v in (float(gold[i, k]), float(predicted[i, k]))]
-            rows.append([lines[i] if lines else int(i) + 1, *[texts[c][position] for c in columns], *values,
+            rows.append([places[i], *[texts[c][position] for c in columns], *values,
                          float(errors[i])])
         error_name = "mean |error|" if several else "|error|"
         return Section("Largest errors", [
-            table("Largest errors", ["line" if lines else "row", *columns, *value_columns, error_name], rows)],
+            table("Largest errors", [place, *columns, *value_columns, error_name], rows)],
             note=f"The {len(rows)} of {len(gold)} examples whose predictions are furthest from the gold values.")
 
     def label_counts(self, raw: Dataset) -> dict[str, int] | None:

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from finetune_kit.batching import MODEL_INPUTS, InputPadder
 from finetune_kit.columns import column_values
-from finetune_kit.data import LINE_COLUMN, line_numbers, require_columns, where
+from finetune_kit.data import LINE_COLUMN, line_numbers, require_columns, row_places, where
 from finetune_kit.heads import (
     has_transformers_head,
     head_dropout,
@@ -295,13 +295,13 @@ class TextClassificationTask(TaskBase):
                           correct: list[bool]) -> Section:
         wrong = sorted((i for i, ok in enumerate(correct) if not ok), key=lambda i: (-predictions[i]["score"], i))
         columns = self.text_columns()
-        lines = line_numbers(raw)
-        rows = [[lines[i] if lines else i + 1, *[raw[i][c] for c in columns], gold[i], predictions[i]["label"],
+        place, places = row_places(raw)
+        rows = [[places[i], *[raw[i][c] for c in columns], gold[i], predictions[i]["label"],
                  predictions[i]["score"]] for i in wrong[:MAX_EXAMPLES]]
         note = (f"{len(wrong)} of {len(gold)} examples are wrong; these are the {len(rows)} with the highest "
                 f"predicted probability.")
         return Section("Most confident errors", [
-            table("Most confident errors", ["line" if lines else "row", *columns, "gold", "predicted", "probability"],
+            table("Most confident errors", [place, *columns, "gold", "predicted", "probability"],
                   rows)], note=note)
 
     def label_counts(self, raw: Dataset) -> dict[str, int]:

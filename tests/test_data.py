@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_kit.data import LINE_COLUMN, line_numbers, read_file, require_columns
+from finetune_kit.data import LINE_COLUMN, line_numbers, read_file, require_columns, row_places
 from finetune_kit.task import DataError
 
 
@@ -25,6 +25,9 @@ def test_line_numbers_are_the_file_lines_of_the_rows_or_none_for_a_dataset_built
     path.write_text('text,label\n"two\nlines",a\n\nplain,b\n', encoding="utf-8")
     assert line_numbers(read_file(path)) == [2, 5]  # a record over two lines, a blank line skipped
     assert line_numbers(Dataset.from_dict({"text": ["x"], "label": ["a"]})) is None
+    # a report's table names rows by their file line, else by their position from 1
+    assert row_places(read_file(path)) == ("line", [2, 5])
+    assert row_places(Dataset.from_dict({"text": ["x", "y"], "label": ["a", "b"]})) == ("row", [1, 2])
 
 
 def test_csv_line_numbers_follow_multiline_records(tmp_path: Path):
